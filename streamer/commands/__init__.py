@@ -1,0 +1,1 @@
+"""Sub-commands of the `streamer` CLI: each module has `register(subparsers)` and `run(args) -> int`."""

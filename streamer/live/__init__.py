@@ -1,0 +1,1 @@
+"""Live output: WebRTC server with a browser page."""

@@ -1,0 +1,1 @@
+"""Frame sinks. See `base.py` for the contract."""

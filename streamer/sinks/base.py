@@ -1,0 +1,24 @@
+"""What every sink provides.
+
+A sink is opened eagerly (an existing output without `overwrite`, an unwritable folder or an
+unknown format fails before any work starts, with a one-line `MediaError`), then receives
+composited frames in order. `write` and `close` block and run in the sink's own thread.
+`close` must leave a playable output containing every frame written so far, also after
+Ctrl-C or an error upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streamer.frame import Frame
+
+
+class Sink(Protocol):
+    def write(self, frame: Frame) -> None:
+        """Consume `frame.output` (uint8 HWC, C = 1, 3 or 4, CPU) with its pts/time_base."""
+        ...
+
+    def close(self) -> None:
+        """Flush encoders and finish the file or device; idempotent."""
+        ...

@@ -1,0 +1,1 @@
+"""Frame sources. See `base.py` for the contract."""
