@@ -1,0 +1,213 @@
+"""Wires source -> stages -> sinks with bounded queues and runs them on asyncio.
+
+Each blocking piece (the source's decoder, every stage, every sink) gets its own
+single-thread executor, so decode, inference, compositing and encode overlap and the event
+loop only moves frames between queues. Frames only ever flow downstream; control flows
+through `stop` (finish cleanly: the source stops, what is in flight drains, sinks close)
+and task cancellation (abort: sinks still close, in their own threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from streamer.errors import StreamerError
+from streamer.frame import Frame
+from streamer.pipeline.queues import END, make_queue
+from streamer.pipeline.stages import Stage
+from streamer.pipeline.stats import PipelineStats
+from streamer.sinks.base import Sink
+from streamer.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+
+class StageError(StreamerError):
+    """A stage failed for a reason that is not a user mistake; the message names the stage."""
+
+    exit_code = 1
+
+
+def _stage_error(name: str, err: BaseException) -> StreamerError:
+    if isinstance(err, StreamerError):
+        return err
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    wrapped = StageError(f"{name} stage failed: {type(err).__name__}: {detail} (run with -v for details)")
+    wrapped.__cause__ = err
+    return wrapped
+
+
+class Pipeline:
+    """One source feeding a chain of stages and one or more sinks.
+
+    `live` picks the queue policy (latest frame wins, or lossless with backpressure);
+    `batch_size` frames go through the stages together (file jobs; live uses 1).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        stages: Sequence[Stage],
+        sinks: Sequence[Sink],
+        *,
+        live: bool,
+        batch_size: int = 1,
+        queue_size: int | None = None,
+        on_frame: Callable[[Frame], None] | None = None,
+    ) -> None:
+        if not sinks:
+            raise ValueError("a pipeline needs at least one sink")
+        self.source = source
+        self.stages = list(stages)
+        self.sinks = list(sinks)
+        self.live = live
+        self.batch_size = 1 if live else max(1, batch_size)
+        # Live: a slot of one frame per hop keeps latency at one frame per stage at most.
+        # Files: room for two batches lets a stage start its next batch while the one
+        # downstream is still busy, without letting memory grow.
+        self.queue_size = queue_size or (1 if live else 2 * self.batch_size)
+        self.on_frame = on_frame
+        self.stats = PipelineStats([s.name for s in self.stages], len(self.sinks))
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Finish cleanly: no new frames are read; everything in flight is delivered."""
+        self._stop.set()
+
+    async def run(self) -> PipelineStats:
+        loop = asyncio.get_running_loop()
+        executors: list[concurrent.futures.ThreadPoolExecutor] = []
+
+        def executor(name: str) -> concurrent.futures.ThreadPoolExecutor:
+            ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamer-{name}")
+            executors.append(ex)
+            return ex
+
+        hops = [make_queue(self.live, self.queue_size) for _ in range(len(self.stages) + 1)]
+        sink_queues = [make_queue(self.live, self.queue_size) for _ in self.sinks]
+        sink_executors = [executor(f"sink{i}") for i in range(len(self.sinks))]
+        self.stats.queues = hops + sink_queues
+        self.stats.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read_source(loop, executor("source"), hops[0]))
+                for i, stage in enumerate(self.stages):
+                    group.create_task(
+                        self._run_stage(loop, executor(stage.name), stage, hops[i], hops[i + 1])
+                    )
+                group.create_task(self._fan_out(hops[-1], sink_queues))
+                for i, (sink, queue, ex) in enumerate(
+                    zip(self.sinks, sink_queues, sink_executors, strict=True)
+                ):
+                    group.create_task(self._write_sink(loop, ex, i, sink, queue))
+        except BaseExceptionGroup as group_err:
+            first = group_err.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        finally:
+            self._stop.set()
+            self.source.close()
+            await self._close_sinks(loop, sink_executors)
+            for ex in executors:
+                ex.shutdown(wait=False, cancel_futures=True)
+            self.stats.finish()
+        return self.stats
+
+    async def _read_source(self, loop, ex, out) -> None:
+        def pump() -> None:
+            try:
+                for frame in self.source.frames():
+                    if self._stop.is_set():
+                        break
+                    frame.captured_at = frame.captured_at or time.monotonic()
+                    self.stats.frames_in += 1
+                    done = asyncio.run_coroutine_threadsafe(out.put(frame), loop)
+                    # Backpressure: wait for room, but notice a stop while waiting.
+                    while True:
+                        try:
+                            done.result(timeout=0.1)
+                            break
+                        except concurrent.futures.TimeoutError:
+                            if self._stop.is_set():
+                                # Aborting: nobody may ever make room, so give up the frame.
+                                done.cancel()
+                                return
+            except Exception as err:
+                raise _stage_error("source", err) from err
+
+        await loop.run_in_executor(ex, pump)
+        await out.put(END)
+
+    async def _run_stage(self, loop, ex, stage: Stage, inq, outq) -> None:
+        while True:
+            item = await inq.get()
+            if item is END:
+                await outq.put(END)
+                return
+            batch = [item]
+            while len(batch) < self.batch_size:
+                nxt = await inq.get()
+                if nxt is END:
+                    await self._process(loop, ex, stage, batch, outq)
+                    await outq.put(END)
+                    return
+                batch.append(nxt)
+            await self._process(loop, ex, stage, batch, outq)
+
+    async def _process(self, loop, ex, stage: Stage, batch: list[Frame], outq) -> None:
+        def call() -> tuple[list[Frame], float]:
+            start = time.perf_counter()
+            try:
+                frames = stage(batch)
+            except Exception as err:
+                raise _stage_error(stage.name, err) from err
+            return frames, time.perf_counter() - start
+
+        frames, seconds = await loop.run_in_executor(ex, call)
+        self.stats.record_stage(stage.name, seconds, len(frames))
+        for frame in frames:
+            await outq.put(frame)
+
+    async def _fan_out(self, inq, sink_queues) -> None:
+        while True:
+            item = await inq.get()
+            for queue in sink_queues:
+                await queue.put(item)
+            if item is END:
+                return
+
+    async def _write_sink(self, loop, ex, index: int, sink: Sink, inq) -> None:
+        def write(frame: Frame) -> None:
+            try:
+                sink.write(frame)
+            except Exception as err:
+                raise _stage_error(f"sink {type(sink).__name__}", err) from err
+
+        while True:
+            item = await inq.get()
+            if item is END:
+                return
+            await loop.run_in_executor(ex, write, item)
+            self.stats.record_output(index, item)
+            if self.on_frame is not None and index == 0:
+                self.on_frame(item)
+
+    async def _close_sinks(self, loop, sink_executors) -> None:
+        errors: list[BaseException] = []
+        for sink, ex in zip(self.sinks, sink_executors, strict=True):
+            # Closing in the sink's own thread queues it behind a write still in progress.
+            try:
+                await asyncio.shield(loop.run_in_executor(ex, sink.close))
+            except Exception as err:  # keep closing the others: each output must stay playable
+                log.warning("closing %s failed: %s", type(sink).__name__, err)
+                errors.append(err)
+            except asyncio.CancelledError:
+                sink.close()
+        if errors and not isinstance(errors[0], asyncio.CancelledError):
+            raise _stage_error(f"sink {type(self.sinks[0]).__name__}", errors[0])

@@ -1,0 +1,126 @@
+import asyncio
+import threading
+import time
+
+import pytest
+
+from streamer.pipeline.queues import END, LatestQueue, LosslessQueue
+from streamer.pipeline.runner import Pipeline, StageError
+from tests.harness import FnStage, ListSink, ListSource, make_frames
+
+
+async def test_latest_queue_drops_oldest_and_keeps_end():
+    q = LatestQueue(2)
+    for i in range(5):
+        q.put_nowait(i)
+    q.put_nowait(END)
+    q.put_nowait(99)
+    assert q.dropped == 5
+    assert q.max_depth == 2
+    assert [await q.get(), await q.get()] == [END, 99]
+
+
+async def test_lossless_queue_blocks_until_room():
+    q = LosslessQueue(1)
+    await q.put(1)
+    blocked = asyncio.create_task(q.put(2))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    assert await q.get() == 1
+    await asyncio.wait_for(blocked, 1)
+    assert await q.get() == 2 and q.dropped == 0
+
+
+async def test_lossless_delivers_every_frame_in_order_to_every_sink():
+    frames = make_frames(40)
+    sinks = [ListSink(), ListSink(delay=0.002)]
+    stages = [FnStage("infer", delay=0.003), FnStage("smooth"), FnStage("composite", delay=0.001)]
+    stats = await Pipeline(ListSource(frames), stages, sinks, live=False, batch_size=4).run()
+    for sink in sinks:
+        assert [f.index for f in sink.frames] == list(range(40))
+        assert [f.pts for f in sink.frames] == list(range(40))
+        assert sink.closed == 1
+    assert stats.frames_in == 40 and stats.frames_out == [40, 40] and stats.dropped == 0
+    assert set(stages[0].batches) == {4}
+    # Each stage runs in its own thread, never on the event loop's thread.
+    loop_thread = threading.current_thread().name
+    assert all(loop_thread not in s.threads for s in stages)
+    assert len({name for s in stages for name in s.threads}) == 3
+
+
+async def test_last_partial_batch_is_flushed():
+    sink = ListSink()
+    stage = FnStage("infer")
+    await Pipeline(ListSource(make_frames(10)), [stage], [sink], live=False, batch_size=4).run()
+    assert stage.batches == [4, 4, 2] and len(sink.frames) == 10
+
+
+async def test_live_drops_instead_of_building_latency():
+    frames = make_frames(60)
+    sink = ListSink()
+    slow = FnStage("infer", delay=0.03)  # 3x slower than the 100 fps source
+    pipe = Pipeline(ListSource(frames, live=True, interval=0.01), [slow], [sink], live=True)
+    stats = await pipe.run()
+    assert stats.dropped > 20
+    assert stats.max_queue_depth <= 1
+    assert len(sink.frames) + stats.dropped == 60
+    indices = [f.index for f in sink.frames]
+    assert indices == sorted(indices)
+    # Latency stays near one stage time plus one waiting frame; it never grows with the run.
+    assert max(stats.latencies) < 0.03 * 3 + 0.05
+    assert slow.batches == [1] * len(slow.batches)
+
+
+async def test_stage_error_stops_everything_and_names_the_stage():
+    def boom(frame):
+        if frame.index == 5:
+            raise RuntimeError("out of memory\nsecond line")
+
+    sink = ListSink()
+    source = ListSource(make_frames(100))
+    with pytest.raises(StageError) as info:
+        await Pipeline(source, [FnStage("infer", boom)], [sink], live=False).run()
+    assert str(info.value) == "infer stage failed: RuntimeError: out of memory (run with -v for details)"
+    assert sink.closed == 1 and source.closed.is_set()
+    assert len(sink.frames) <= 5
+
+
+async def test_sink_error_stops_the_pipeline():
+    class BadSink(ListSink):
+        def write(self, frame):
+            raise OSError("disk full")
+
+    source = ListSource(make_frames(100))
+    with pytest.raises(StageError, match="sink BadSink stage failed: OSError: disk full"):
+        await Pipeline(source, [FnStage("infer")], [BadSink()], live=False).run()
+    assert source.closed.is_set()
+
+
+async def test_stop_drains_in_flight_frames_and_closes_sinks():
+    sink = ListSink()
+    pipe = Pipeline(
+        ListSource(make_frames(1000), interval=0.002), [FnStage("infer", delay=0.005)], [sink], live=False
+    )
+    task = asyncio.create_task(pipe.run())
+    await asyncio.sleep(0.3)
+    pipe.stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert 0 < len(sink.frames) < 1000 and sink.closed == 1
+    # Every frame the source handed over was delivered: nothing in flight was lost.
+    assert stats.frames_in == len(sink.frames)
+    assert [f.index for f in sink.frames] == list(range(len(sink.frames)))
+
+
+async def test_cancel_aborts_and_still_closes_sinks():
+    sink = ListSink()
+    pipe = Pipeline(
+        ListSource(make_frames(1000), interval=0.001), [FnStage("infer", delay=0.01)], [sink], live=False
+    )
+    task = asyncio.create_task(pipe.run())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.closed == 1
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamer-source")]
