@@ -1,0 +1,123 @@
+"""An image folder, a glob or a single image as a clip at a fixed frame rate.
+
+Files are taken in natural order (frame2 before frame10), frame `i` gets pts `i` in a time
+base of 1/fps. Images whose size differs from the first one are resized to the first one's
+size (a clip has one size; sinks cannot change it midway) and a warning is logged once.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from streamer.errors import ConfigError, MediaError
+from streamer.frame import Frame
+from streamer.sources.base import SourceInfo
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+GLOB_CHARS = ("*", "?", "[")
+
+
+@dataclass(frozen=True)
+class ImageSourceParams:
+    fps: float = 25.0
+    """Frame rate given to the images (they carry no timing of their own)."""
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError(f"images.fps: {self.fps} must be a number of frames per second > 0")
+
+
+def natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(spec: str) -> list[Path]:
+    """The images a folder, glob or single file names, naturally sorted."""
+    if any(ch in spec for ch in GLOB_CHARS):
+        paths = [Path(p) for p in glob.glob(spec)]
+    elif Path(spec).is_dir():
+        paths = list(Path(spec).iterdir())
+    else:
+        paths = [Path(spec)]
+    images = sorted((p for p in paths if is_image(p) and p.is_file()), key=natural_key)
+    if not images:
+        kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
+        raise MediaError(f"no images found in {spec} (expected files ending in {kinds})")
+    return images
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except FileNotFoundError as err:
+        raise MediaError(f"input not found: {path} (check the path)") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise MediaError(f"cannot read image {path}: not an image or damaged (remove or replace it)") from err
+
+
+def fps_time_base(fps: float) -> Fraction:
+    return 1 / Fraction(fps).limit_denominator(1001)
+
+
+class ImageSource:
+    """Yields the images in order; the first one is read at once to fail early and learn the size."""
+
+    def __init__(self, spec: str, params: ImageSourceParams | None = None) -> None:
+        self.spec = spec
+        self.params = params or ImageSourceParams()
+        self._paths = list_images(spec)
+        self._first = load_rgb(self._paths[0])
+        self._stop = threading.Event()
+        height, width = self._first.shape[:2]
+        self.info = SourceInfo(
+            width=width,
+            height=height,
+            fps=float(self.params.fps),
+            time_base=fps_time_base(self.params.fps),
+            frame_count=len(self._paths),
+            live=False,
+            audio_path=None,
+            description=f"{spec} ({len(self._paths)} images {width}x{height} @ {self.params.fps:g} fps)",
+        )
+
+    def frames(self) -> Iterator[Frame]:
+        size = (self.info.width, self.info.height)
+        warned = False
+        for index, path in enumerate(self._paths):
+            if self._stop.is_set():
+                return
+            image = self._first if index == 0 else load_rgb(path)
+            if image.shape[1::-1] != size:
+                if not warned:
+                    log.warning("%s is %dx%d; resizing to %dx%d", path, *image.shape[1::-1], *size)
+                    warned = True
+                image = np.array(Image.fromarray(image).resize(size, Image.BILINEAR))
+            yield Frame(
+                image=torch.from_numpy(np.ascontiguousarray(image)),
+                pts=index,
+                time_base=self.info.time_base,
+                index=index,
+                captured_at=time.monotonic(),
+            )
+
+    def close(self) -> None:
+        self._stop.set()
