@@ -1,0 +1,361 @@
+"""Virtual camera sink: composited frames to v4l2loopback (Linux) or OBS Virtual Camera (Windows, macOS).
+
+Video-call apps expect a camera that delivers frames at a steady rate, while inference may run
+slower or unevenly. So `write` only converts the frame and replaces the *latest* one; a sender
+thread hands the latest frame to pyvirtualcam every 1/fps on `time.monotonic()` deadlines,
+repeating it when nothing new came. Nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from streamer.errors import ConfigError, DeviceError
+from streamer.frame import Frame
+
+log = logging.getLogger(__name__)
+
+MODPROBE = "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=streamer"
+OBS_FIX = "install OBS Studio, start its Virtual Camera once and stop it again"
+
+FORMATS = ("rgb", "bgr", "i420", "nv12", "yuyv", "uyvy", "gray")
+"""Pixel formats handed to pyvirtualcam; with rgb/bgr it converts natively (to I420 on Linux)."""
+BACKENDS = ("v4l2loopback", "obs", "unitycapture")
+FITS = ("cover", "contain", "stretch")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"vcam.{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VcamParams:
+    width: int | None = None
+    """Camera width; None: the source's."""
+    height: int | None = None
+    fps: float | None = None
+    """Rate the camera is fed at, whatever the inference rate; None: the source's (30 if unknown)."""
+    device: str | None = None
+    """e.g. /dev/video10 or 'OBS Virtual Camera'; None: the first free one."""
+    fmt: str = "rgb"
+    backend: str | None = None
+    """v4l2loopback, obs or unitycapture; None: whichever works on this OS."""
+    fit: str = "cover"
+    """How a frame of another shape fills the camera: crop (cover), pad (contain) or stretch."""
+    flatten_color: tuple[int, int, int] = (0, 0, 0)
+    """RGB that transparent pixels show (cameras have no alpha) and that pads 'contain'."""
+
+    def __post_init__(self):
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2 or value % 2):
+                raise ConfigError(
+                    f"vcam.{name}: {value!r} must be an even number of pixels >= 2 "
+                    "(cameras subsample colour in 2x2 blocks)"
+                )
+        if self.fps is not None and not (isinstance(self.fps, int | float) and 0 < self.fps <= 240):
+            raise ConfigError(f"vcam.fps: {self.fps!r} must be a number of frames per second in (0, 240]")
+        _check_choice("fmt", self.fmt, FORMATS)
+        if self.backend is not None:
+            _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("fit", self.fit, FITS)
+        color = tuple(self.flatten_color) if isinstance(self.flatten_color, list | tuple) else None
+        if color is None or len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+            raise ConfigError(
+                f"vcam.flatten_color: {self.flatten_color!r} must be 3 integers 0-255 (R, G, B)"
+            )
+        object.__setattr__(self, "flatten_color", color)
+
+
+# --- pixels ---------------------------------------------------------------------------------------
+
+
+def to_rgb(output: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (H, W, C) with C = 1, 3 or 4 -> uint8 (H, W, 3); alpha is flattened over `color`."""
+    channels = output.shape[2]
+    if channels == 3:
+        return output
+    if channels == 1:
+        return np.repeat(output, 3, axis=2)
+    if channels == 4:
+        alpha = output[..., 3:].astype(np.uint16)
+        bg = np.asarray(color, np.uint16)
+        mixed = output[..., :3].astype(np.uint16) * alpha + bg * (255 - alpha) + 127
+        return (mixed // 255).astype(np.uint8)
+    raise ValueError(f"frame output has {channels} channels; expected 1, 3 or 4")
+
+
+def fit_to(rgb: np.ndarray, width: int, height: int, fit: str, color: tuple[int, int, int]) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if (w, h) == (width, height):
+        return rgb
+    if fit == "stretch":
+        return _resize(rgb, width, height)
+    scale = (max if fit == "cover" else min)(width / w, height / h)
+    sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+    scaled = _resize(rgb, sw, sh)
+    if fit == "cover":
+        x, y = (sw - width) // 2, (sh - height) // 2
+        return np.ascontiguousarray(scaled[y : y + height, x : x + width])
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = color
+    x, y = (width - sw) // 2, (height - sh) // 2
+    canvas[y : y + sh, x : x + sw] = scaled
+    return canvas
+
+
+def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrinking = width * height < rgb.shape[0] * rgb.shape[1]
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def _ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BT.601 limited range, as cameras and libyuv use; float32 planes at full resolution."""
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = 16 + 0.2568 * r + 0.5041 * g + 0.0979 * b
+    u = 128 - 0.1482 * r - 0.2910 * g + 0.4392 * b
+    v = 128 + 0.4392 * r - 0.3678 * g - 0.0714 * b
+    return y, u, v
+
+
+def _u8(plane: np.ndarray) -> np.ndarray:
+    return np.clip(plane + 0.5, 0, 255).astype(np.uint8)
+
+
+def _half(plane: np.ndarray, vertical: bool) -> np.ndarray:
+    h, w = plane.shape
+    return cv2.resize(plane, (w // 2, h // 2 if vertical else h), interpolation=cv2.INTER_AREA)
+
+
+def encode(rgb: np.ndarray, fmt: str) -> np.ndarray:
+    """RGB (H, W, 3) -> the array pyvirtualcam expects for `fmt` (H and W even)."""
+    if fmt == "rgb":
+        return np.ascontiguousarray(rgb)
+    if fmt == "bgr":
+        return np.ascontiguousarray(rgb[..., ::-1])
+    if fmt == "gray":
+        # J400 is full-range luma.
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    y, u, v = _ycbcr(rgb)
+    if fmt in ("i420", "nv12"):
+        u, v = _u8(_half(u, True)), _u8(_half(v, True))
+        chroma = (
+            np.stack([u, v], axis=-1).ravel() if fmt == "nv12" else np.concatenate([u.ravel(), v.ravel()])
+        )
+        return np.concatenate([_u8(y).ravel(), chroma])
+    u, v = _u8(_half(u, False)), _u8(_half(v, False))
+    y = _u8(y)
+    packed = np.empty((y.shape[0], y.shape[1] // 2, 4), np.uint8)
+    order = (y[:, 0::2], u, y[:, 1::2], v) if fmt == "yuyv" else (u, y[:, 0::2], v, y[:, 1::2])
+    for i, plane in enumerate(order):
+        packed[..., i] = plane
+    return packed.ravel()
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def explain(err: Exception, device: str | None, system: str | None = None) -> DeviceError:
+    """Turn pyvirtualcam's (possibly multi-backend, multi-line) RuntimeError into a one-line fix."""
+    system = system or platform.system()
+    text = " ".join(str(err).split())
+    where = device or "any /dev/video*"
+    if system != "Linux":
+        return DeviceError(
+            f"no virtual camera: OBS Virtual Camera is not available ({OBS_FIX}; it is then found "
+            f"automatically) [{text}]"
+        )
+    if "No v4l2 loopback device found" in text:
+        return DeviceError(f"no virtual camera: v4l2loopback is not loaded (run: {MODPROBE})")
+    if "does not exist" in text:
+        return DeviceError(
+            f"virtual camera device not found: {where} (load v4l2loopback with: {MODPROBE}; "
+            "`streamer doctor` lists the devices)"
+        )
+    if "missing permissions" in text:
+        return DeviceError(
+            f"no permission to open {where} (run: sudo usermod -a -G video $USER, then log out and in)"
+        )
+    if "already in use" in text:
+        return DeviceError(f"virtual camera {where} is already in use by streamer (choose another device)")
+    if any(k in text for k in ("not a video output device", "not a V4L2 device", "could not be queried")):
+        return DeviceError(
+            f"not a virtual camera: {where} is not a v4l2loopback device (choose a loopback device; "
+            "`streamer doctor` lists them)"
+        )
+    if "could not be configured" in text:
+        return DeviceError(
+            f"virtual camera {where} refused the size/format ({text}); close other programs writing to it "
+            "or pick another device"
+        )
+    return DeviceError(f"virtual camera failed: {text} (run `streamer doctor`)")
+
+
+def _open_camera(width: int, height: int, fps: float, params: VcamParams):
+    import pyvirtualcam
+
+    if params.backend is not None and params.backend not in pyvirtualcam.camera.BACKENDS:
+        available = ", ".join(pyvirtualcam.camera.BACKENDS) or "none"
+        raise DeviceError(
+            f"vcam.backend: {params.backend!r} is not available on {platform.system()} "
+            f"(available: {available}; leave it unset to pick automatically)"
+        )
+    fmt = getattr(pyvirtualcam.PixelFormat, params.fmt.upper())
+    try:
+        return pyvirtualcam.Camera(width, height, fps, fmt=fmt, device=params.device, backend=params.backend)
+    except RuntimeError as err:
+        raise explain(err, params.device) from err
+
+
+# --- the sink -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class VcamStats:
+    written: int = 0
+    """Frames given to `write`."""
+    sent: int = 0
+    """Frames handed to the camera (repeats included)."""
+    repeated: int = 0
+    """Sends of a frame that was already sent (or of the placeholder before the first write)."""
+    replaced: int = 0
+    """Written frames overwritten by a newer one before they were sent."""
+    late: int = 0
+    """Camera ticks skipped because sending fell behind by more than one period."""
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+class VcamSink:
+    """Feeds a virtual camera at its fps from whatever frame was written last.
+
+    With `every_frame=True` (file sources) `write` instead waits until the previous frame was sent,
+    so a file plays at the camera's rate with nothing dropped.
+    """
+
+    def __init__(self, params: VcamParams, *, every_frame: bool = False):
+        if params.width is None or params.height is None or params.fps is None:
+            raise ValueError("VcamSink needs width, height and fps; use open_vcam() to take the source's")
+        self.params = params
+        self.width, self.height, self.fps = params.width, params.height, float(params.fps)
+        self.every_frame = every_frame
+        self.stats = VcamStats()
+        self._camera = _open_camera(self.width, self.height, self.fps, params)
+        self.device = self._camera.device
+        self.backend = self._camera.backend
+        placeholder = np.empty((self.height, self.width, 3), np.uint8)
+        placeholder[:] = params.flatten_color
+        self._latest = encode(placeholder, params.fmt)
+        self._fresh = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._send_loop, name="vcam-sender", daemon=True)
+        self._thread.start()
+        log.info("virtual camera %s (%s): %dx%d at %g fps", self.device, self.backend, *self.size, self.fps)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def write(self, frame: Frame) -> None:
+        if self._closed:
+            raise RuntimeError("write() on a closed VcamSink")
+        output = frame.output if frame.output is not None else frame.image
+        array = output.numpy() if hasattr(output, "numpy") else np.asarray(output)
+        if array.ndim == 2:
+            array = array[..., None]
+        color = self.params.flatten_color
+        rgb = fit_to(to_rgb(array, color), self.width, self.height, self.params.fit, color)
+        data = encode(rgb, self.params.fmt)
+        with self._cond:
+            if self.every_frame:
+                self._cond.wait_for(lambda: not self._fresh or self._error is not None or self._stop.is_set())
+            self._raise_if_failed()
+            if self._fresh:
+                self.stats.replaced += 1
+            self._latest, self._fresh = data, True
+            self.stats.written += 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.every_frame:
+            # Let the last file frame reach the camera before stopping.
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: not self._fresh or self._error is not None, timeout=2 / self.fps + 1
+                )
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join()
+        self._camera.close()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise DeviceError(
+                f"virtual camera {self.device} stopped: {self._error} (check that the device still exists)"
+            )
+
+    def _send_loop(self) -> None:
+        period = 1.0 / self.fps
+        deadline = time.monotonic()
+        while True:
+            delay = deadline - time.monotonic()
+            if delay > 0 and self._stop.wait(delay) or self._stop.is_set():
+                return
+            with self._cond:
+                data, fresh = self._latest, self._fresh
+                self._fresh = False
+            try:
+                self._camera.send(data)
+            except Exception as err:  # a vanished device must surface in write(), not die silently
+                with self._cond:
+                    self._error = err
+                    self.stats.errors.append(str(err))
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self.stats.sent += 1
+                self.stats.repeated += not fresh
+                self._cond.notify_all()
+            deadline += period
+            behind = time.monotonic() - deadline
+            if behind > period:
+                # After a stall, skip the missed ticks rather than sending a burst of repeats.
+                missed = int(behind / period)
+                self.stats.late += missed
+                deadline += missed * period
+
+
+def open_vcam(
+    params: VcamParams,
+    *,
+    width: int | None,
+    height: int | None,
+    fps: float | None,
+    every_frame: bool = False,
+) -> VcamSink:
+    """Open the virtual camera; size and fps not set in `params` come from the source (even-rounded)."""
+    w = params.width or _even(width)
+    h = params.height or _even(height)
+    if not w or not h:
+        raise ConfigError("vcam: the camera size is unknown (set vcam.width and vcam.height)")
+    rate = params.fps or fps or 30.0
+    rate = min(float(rate), 240.0)
+    resolved = dataclasses.replace(params, width=w, height=h, fps=rate)
+    return VcamSink(resolved, every_frame=every_frame)
+
+
+def _even(value: int | None) -> int | None:
+    return None if not value else max(2, int(value) // 2 * 2)
