@@ -161,6 +161,11 @@ class Pipeline:
             await self._process(loop, ex, stage, batch, outq)
 
     async def _process(self, loop, ex, stage: Stage, batch: list[Frame], outq) -> None:
+        if self._stop.is_set() and stage is self.stages[0]:
+            # Stopping: frames not yet inferred are let go so the job ends promptly; what is
+            # already past inference still reaches the sinks.
+            self.stats.discarded += len(batch)
+            return
         def call() -> tuple[list[Frame], float]:
             start = time.perf_counter()
             try:

@@ -21,6 +21,8 @@ class PipelineStats:
     stage_names: list[str]
     sink_count: int
     frames_in: int = 0
+    discarded: int = 0
+    """Frames read but let go before inference because the run was stopped."""
     frames_out: list[int] = field(default_factory=list)
     stage_seconds: dict[str, list[float]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)

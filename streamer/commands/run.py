@@ -1,0 +1,179 @@
+"""`streamer run --source SRC --sink SINK`: the whole pipeline, for files and live sources.
+
+A sink is a path whose extension picks the format, `vcam` (virtual camera) or `webrtc`
+(a preview page served by `streamer serve`'s machinery). Live sources (cameras, network
+streams) drop stale frames; files keep every frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from streamer.config import OutputParams, load_config, parse_assignment
+from streamer.errors import ConfigError
+from streamer.pipeline.runner import Pipeline
+from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
+
+SPECIAL_SINKS = ("vcam", "webrtc")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="matte a video file, folder or camera into files, a virtual camera or a browser",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "--source", required=True, help="video file or URL, image folder or glob, webcam:N, /dev/videoN"
+    )
+    p.add_argument(
+        "--sink",
+        action="append",
+        required=True,
+        help="output: a path (.mp4 .mov .webm .mkv, frames/%%05d.png), 'vcam' or 'webrtc'; repeat for several",
+    )
+    p.add_argument(
+        "--config", help="YAML file or preset name from configs/ (e.g. prores-alpha, green-screen)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config value")
+    model = p.add_argument_group("model")
+    model.add_argument("--variant", choices=("portrait", "lite", "general"))
+    model.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
+    model.add_argument("--size", help="network input size HxW, multiples of 32 (default 1024x1024)")
+    model.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    model.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+    model.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    model.add_argument("--batch", type=int, help="frames per inference call for file jobs")
+    comp = p.add_argument_group("compositing")
+    comp.add_argument("--mode", help="matte, rgba, color, image, video or blur")
+    comp.add_argument("--color", help="background colour for --mode color, e.g. green or '#00ff00'")
+    comp.add_argument("--background", help="background image or video for --mode image/video")
+    comp.add_argument("--blur", help="background blur strength for --mode blur")
+    comp.add_argument("--mirror", action="store_true", default=None, help="flip horizontally (webcams)")
+    smooth = p.add_argument_group("temporal smoothing")
+    smooth.add_argument("--smoothing", choices=("on", "off"))
+    smooth.add_argument("--strength", help="smoothing strength 0..1")
+    out = p.add_argument_group("output")
+    out.add_argument("--overwrite", action="store_true", default=None, help="replace existing output files")
+    out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    live = p.add_argument_group("live sources")
+    live.add_argument("--fps", type=float, help="camera frame rate to request, or image-folder frame rate")
+    live.add_argument("--width", type=int, help="camera width to request")
+    live.add_argument("--height", type=int, help="camera height to request")
+    live.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="force the live (drop) or file policy",
+    )
+    live.add_argument(
+        "--controls",
+        choices=("auto", "stdin", "off"),
+        default="auto",
+        help="read live commands ('mode blur', 'blur 30', 'smoothing off') from stdin (auto: live + terminal)",
+    )
+    p.set_defaults(handler=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict]:
+    """Options given on the command line, by config section (unset options are None)."""
+    result: dict[str, dict] = {
+        "model": {
+            "variant": args.variant,
+            "weights": args.weights,
+            "size": args.size,
+            "device": args.device,
+            "dtype": args.dtype,
+            "compile": args.compile,
+            "batch_size": args.batch,
+        },
+        "composite": {
+            "mode": args.mode,
+            "color": args.color,
+            "background": args.background,
+            "blur": args.blur,
+            "mirror": args.mirror,
+        },
+        "smoothing": {
+            "enabled": None if args.smoothing is None else args.smoothing == "on",
+            "strength": args.strength,
+        },
+        "output": {"overwrite": args.overwrite, "progress": args.progress},
+        "vcam": {},
+    }
+    for text in args.set:
+        section, key, value = parse_assignment(text)
+        result.setdefault(section, {})[key] = value
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.job import build_job
+
+    config = load_config(args.config, overrides_from_args(args))
+    if any(s == "webrtc" for s in args.sink):
+        if len(args.sink) > 1:
+            raise ConfigError("--sink webrtc cannot be combined with other sinks (run it as its own job)")
+        from streamer.live.preview import serve_source
+
+        return serve_source(args.source, config)
+    job = build_job(args, config)
+    return asyncio.run(_run_job(job, args, config.output))
+
+
+async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
+    from streamer.job import Controls, Progress
+
+    pipeline = Pipeline(
+        job.source,
+        [InferStage(job.engine), SmoothStage(job.smoother), CompositeStage(job.compositor)],
+        job.sinks,
+        live=job.live,
+        batch_size=job.batch_size,
+    )
+    progress = Progress(job.source.info.frame_count, enabled=output.progress and not job.live)
+    pipeline.on_frame = progress.update
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    interrupts = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            print(
+                f"\nstreamer: {signal.Signals(signum).name}: finishing the frames in flight "
+                "(press Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
+            pipeline.stop()
+        elif task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    controls = Controls(job) if _controls_wanted(args, job.live) else None
+    if controls is not None:
+        controls.start(loop)
+    try:
+        stats = await pipeline.run()
+    except asyncio.CancelledError:
+        print("streamer: stopped; outputs were closed with the frames written so far", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+        if controls is not None:
+            controls.stop(loop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print(stats.summary(), file=sys.stderr)
+    return 130 if interrupts else 0
+
+
+def _controls_wanted(args: argparse.Namespace, live: bool) -> bool:
+    if args.controls == "auto":
+        return live and sys.stdin is not None and sys.stdin.isatty()
+    return args.controls == "stdin"

@@ -1,0 +1,145 @@
+"""Everything one `streamer run` needs, opened eagerly so a bad input fails before any work.
+
+Order matters for the user: cheap checks first (source, sinks: a missing file or an existing
+output is reported in a second), the model last (loading weights takes a while).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from streamer.config import JobConfig, update_params
+from streamer.errors import ConfigError, StreamerError
+
+
+@dataclasses.dataclass
+class Job:
+    source: Any
+    sinks: list
+    engine: Any
+    smoother: Any
+    compositor: Any
+    live: bool
+    batch_size: int
+
+
+def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
+    from streamer.sources.open import open_source
+
+    source = open_source(args.source, live=args.live, fps=args.fps, width=args.width, height=args.height)
+    live = source.info.live if args.live is None else args.live
+    sinks: list = []
+    try:
+        for spec in args.sink:
+            sinks.append(open_output(spec, source.info, config))
+        engine, smoother, compositor = build_processing(config)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        source.close()
+        raise
+    batch = 1 if live else config.model.batch_size
+    return Job(source, sinks, engine, smoother, compositor, live, batch)
+
+
+def open_output(spec: str, info, config: JobConfig):
+    if spec == "vcam":
+        from streamer.sinks.vcam import open_vcam
+
+        return open_vcam(config.vcam, width=info.width, height=info.height, fps=info.fps)
+    from streamer.sinks.open import open_sink
+
+    return open_sink(spec, info=info, overwrite=config.output.overwrite, crf=config.output.crf)
+
+
+def build_processing(config: JobConfig):
+    """The engine, smoother and compositor of one stream, on the engine's device."""
+    from streamer.compose.compositor import Compositor
+    from streamer.engine import MattingEngine
+    from streamer.smoothing import TemporalSmoother
+
+    engine = MattingEngine.from_params(config.model)
+    return (
+        engine,
+        TemporalSmoother(config.smoothing, engine.device),
+        Compositor(config.composite, engine.device),
+    )
+
+
+class Progress:
+    """A tqdm bar with fps and ETA when the length is known; silent when disabled."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, _frame) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# command word -> (which object's params, key)
+_COMMANDS = {
+    "mode": ("compositor", "composite", "mode"),
+    "color": ("compositor", "composite", "color"),
+    "colour": ("compositor", "composite", "color"),
+    "background": ("compositor", "composite", "background"),
+    "blur": ("compositor", "composite", "blur"),
+    "mirror": ("compositor", "composite", "mirror"),
+    "smoothing": ("smoother", "smoothing", "enabled"),
+    "strength": ("smoother", "smoothing", "strength"),
+}
+
+
+class Controls:
+    """Live changes typed on stdin, e.g. `mode blur`, `blur 30`, `smoothing off`.
+
+    The pipeline keeps running: the new Params object replaces the old one between frames
+    (an attribute assignment, atomic for the stage threads that read it).
+    """
+
+    def __init__(self, job: Job, out=sys.stderr) -> None:
+        self.job = job
+        self.out = out
+
+    def apply(self, line: str) -> str:
+        words = line.split(maxsplit=1)
+        if not words:
+            return ""
+        if words[0] in ("help", "?"):
+            return "commands: " + ", ".join(f"{c} VALUE" for c in _COMMANDS)
+        if words[0] not in _COMMANDS or len(words) < 2:
+            return f"unknown command {line.strip()!r} (type 'help')"
+        target_name, section, key = _COMMANDS[words[0]]
+        target = getattr(self.job, target_name)
+        try:
+            target.params = update_params(target.params, section, key, words[1].strip())
+        except (ConfigError, StreamerError) as err:
+            return f"not changed: {err}"
+        return f"{section}.{key} = {getattr(target.params, key)}"
+
+    def start(self, loop) -> None:
+        print("live controls: type 'help' for commands", file=self.out)
+        loop.add_reader(sys.stdin.fileno(), self._on_input, loop)
+
+    def stop(self, loop) -> None:
+        loop.remove_reader(sys.stdin.fileno())
+
+    def _on_input(self, loop) -> None:
+        line = sys.stdin.readline()
+        if not line:  # end of input: stop listening instead of spinning on EOF
+            self.stop(loop)
+        else:
+            reply = self.apply(line)
+            if reply:
+                print(f"streamer: {reply}", file=self.out)

@@ -1,0 +1,107 @@
+import dataclasses
+
+import pytest
+
+from streamer.config import (
+    OutputParams,
+    build_params,
+    load_config,
+    parse_assignment,
+    parse_colour,
+    parse_size,
+    update_params,
+)
+from streamer.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    mode: str = "color"
+    color: tuple[int, int, int] = (0, 255, 0)
+    size: tuple[int, int] = (1024, 1024)
+    strength: float = 0.5
+    enabled: bool = True
+    background: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("color", "blur"):
+            raise ConfigError(f"demo.mode: {self.mode!r} is not one of color, blur")
+
+
+def test_loose_values_become_typed_params():
+    p = build_params(
+        DemoParams,
+        {"color": "#ff00ff", "size": "512x288", "strength": "0.8", "enabled": "off", "background": "none"},
+        "demo",
+    )
+    assert p == DemoParams(color=(255, 0, 255), size=(512, 288), strength=0.8, enabled=False)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"mod": "blur"},
+            "demo.mod: unknown option (known: background, color, enabled, mode, size, strength)",
+        ),
+        ({"color": "purplish"}, "demo.color: bad value 'purplish': expected a colour like"),
+        ({"size": "big"}, "demo.size: bad value 'big': expected a size like 512x512"),
+        ({"enabled": "maybe"}, "demo.enabled: bad value 'maybe': expected true or false"),
+        ({"mode": "sparkle"}, "demo.mode: 'sparkle' is not one of color, blur"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(values, message):
+    with pytest.raises(ConfigError) as info:
+        build_params(DemoParams, values, "demo")
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_parsers():
+    assert parse_colour("green") == (0, 255, 0)
+    assert parse_colour("10, 20, 30") == (10, 20, 30)
+    assert parse_colour([1, 2, 3]) == (1, 2, 3)
+    assert parse_size("512") == (512, 512)
+    assert parse_size([256, 320]) == (256, 320)
+    assert parse_assignment("composite.mode=blur") == ("composite", "mode", "blur")
+    with pytest.raises(ConfigError, match="expected SECTION.KEY=VALUE"):
+        parse_assignment("mode=blur")
+
+
+def test_update_params_validates_like_the_file():
+    p = update_params(DemoParams(), "demo", "strength", "0.9")
+    assert p.strength == 0.9 and p.mode == "color"
+    with pytest.raises(ConfigError, match="demo.mode"):
+        update_params(p, "demo", "mode", "sparkle")
+
+
+def test_output_params_range():
+    with pytest.raises(ConfigError, match=r"output.crf: 99 is out of range"):
+        OutputParams(crf=99)
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("output:\n  crf: 23\n  overwrite: true\n")
+    config = load_config(str(path), {"output": {"crf": "20", "progress": None}})
+    assert config.output == OutputParams(crf=20, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("output: [1, 2\n", "is not valid YAML"),
+        ("outptu:\n  crf: 1\n", "unknown section 'outptu'"),
+        ("- a\n- b\n", "expected sections like"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path))
+
+
+def test_missing_preset_lists_the_presets():
+    with pytest.raises(ConfigError, match=r"config not found: nope \(give a YAML path or a preset: "):
+        load_config("nope")
