@@ -166,3 +166,10 @@ def square_position(image: np.ndarray) -> int:
     height = image.shape[0]
     row = image[height // 4 + 1, :, :3].astype(int).sum(axis=1)
     return int(np.argmax(row > 600))
+
+
+def one_line_error(excinfo) -> str:
+    """The message of a `pytest.raises` result, checked to be the one line a user sees."""
+    message = str(excinfo.value)
+    assert message and "\n" not in message, message
+    return message

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from media import make_clip, pattern, read_video, square_position, truncate
+from media import make_clip, one_line_error, pattern, read_video, square_position, truncate
 from PIL import Image
 
 from streamer.errors import ConfigError, DeviceError, MediaError
@@ -14,12 +14,6 @@ from streamer.sources.images import ImageSource, ImageSourceParams
 from streamer.sources.open import kind_of, open_source
 from streamer.sources.video import VideoSource, VideoSourceParams
 from streamer.sources.webcam import WebcamSource
-
-
-def one_line_error(excinfo) -> str:
-    message = str(excinfo.value)
-    assert message and "\n" not in message, message
-    return message
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,8 @@ class VideoSource:
             time_base=stream.time_base or Fraction(1, 90000),
             frame_count=(stream.frames or None) if not live else None,
             live=live,
-            audio_path=self.url if self._container.streams.audio else None,
+            # A live stream cannot be opened a second time in step for its audio.
+            audio_path=self.url if self._container.streams.audio and not live else None,
             description=f"{self.url} ({stream.codec_context.name} {width}x{height}"
             + (f" @ {float(rate):.3g} fps" if rate else "")
             + (", live)" if live else ")"),

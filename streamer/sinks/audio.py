@@ -1,0 +1,85 @@
+"""Carries the source's audio into a file sink, in step with the video being written.
+
+The sink calls `advance(t)` after each video frame: audio is demuxed from the source file
+and muxed up to time `t` only, so memory stays flat and an interrupted job has the audio up
+to its last frame. Packets are copied when the container takes the codec, else decoded and
+re-encoded (AAC -> Opus for WebM).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import av
+
+from streamer.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+TRANSCODE_TO = {"webm": "libopus", "mp4": "aac", "mov": "aac", "matroska": "libopus"}
+"""Audio codec used when the source's codec does not fit the container."""
+
+
+class AudioCarrier:
+    def __init__(self, source: str, out: av.container.OutputContainer) -> None:
+        try:
+            self._input = av.open(source)
+        except (av.error.FFmpegError, OSError) as err:
+            raise MediaError(
+                f"cannot read the audio of {source}: {err} (check the input file, or turn audio off for this output)"
+            ) from err
+        self._in_stream = self._input.streams.audio[0]
+        self._out = out
+        codec = self._in_stream.codec_context.name
+        self.copy = codec in out.supported_codecs
+        if self.copy:
+            self._out_stream = out.add_stream_from_template(self._in_stream)
+        else:
+            target = TRANSCODE_TO.get(out.format.name.split(",")[0], out.default_audio_codec)
+            rate = self._in_stream.codec_context.sample_rate
+            if target == "libopus" and rate not in av.codec.Codec("libopus", "w").audio_rates:
+                rate = 48000
+            self._out_stream = out.add_stream(target, rate=rate)
+            self._out_stream.layout = self._in_stream.codec_context.layout
+            log.info("transcoding audio %s -> %s for %s", codec, target, out.name)
+        self._packets = self._demux()
+        self._pending: av.Packet | None = None
+        self._done = False
+
+    def _demux(self) -> Iterator[av.Packet]:
+        for packet in self._input.demux(self._in_stream):
+            if packet.dts is not None and packet.pts is not None:  # the last one is an empty flush packet
+                yield packet
+
+    def advance(self, until: float) -> None:
+        """Mux every audio packet that starts before `until` seconds (source timeline)."""
+        while not self._done:
+            if self._pending is None:
+                try:
+                    self._pending = next(self._packets)
+                except (StopIteration, av.error.FFmpegError):
+                    self._done = True
+                    return
+            if float(self._pending.pts * self._in_stream.time_base) >= until:
+                return
+            packet, self._pending = self._pending, None
+            self._mux(packet)
+
+    def _mux(self, packet: av.Packet) -> None:
+        if self.copy:
+            packet.stream = self._out_stream
+            self._out.mux(packet)
+            return
+        for frame in packet.decode():
+            self._out.mux(self._out_stream.encode(frame))
+
+    def finish(self, until: float) -> None:
+        """Mux the audio up to the end of the last video frame, flush, and close the source."""
+        try:
+            self.advance(until)
+            if not self.copy:
+                self._out.mux(self._out_stream.encode(None))
+        finally:
+            self._done = True
+            self._input.close()

@@ -1,0 +1,248 @@
+"""Video files written with PyAV: .mp4 (H.264), .mov (ProRes), .webm (VP9), .mkv (FFV1).
+
+The container and encoder are created at the first frame, when its size and channel count
+(1 matte, 3 RGB, 4 RGBA) are known. Frames keep their timing: the encoder's time base is
+the source's, pts pass through unchanged (variable frame rate kept) and the muxer rescales
+them to the container's own time base. RGBA into .mp4 is composited over black (H.264 has
+no alpha) with a warning. The output is written in place; `close()` flushes the encoder and
+writes the trailer, so an interrupted job leaves a playable file with every frame so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from streamer.errors import ConfigError, MediaError
+from streamer.frame import Frame
+from streamer.sinks.audio import AudioCarrier
+from streamer.sinks.paths import check_output_file, output_array
+from streamer.sources.base import SourceInfo
+
+log = logging.getLogger(__name__)
+
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+
+
+@dataclass(frozen=True)
+class FileSinkParams:
+    crf: int = 18
+    """Quality for H.264 and VP9 (lower is better; ProRes and FFV1 ignore it)."""
+    preset: str = "medium"
+    """x264 speed/size trade-off."""
+    audio: bool = True
+    """Carry the source's audio over."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crf <= 63:
+            raise ConfigError(f"output.crf: {self.crf} is out of range (use 0..63; 18 is a good default)")
+        if self.preset not in X264_PRESETS:
+            raise ConfigError(f"output.preset: {self.preset!r} is not one of {', '.join(X264_PRESETS)}")
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    codec: str
+    pix_fmts: dict[int, str]
+    """Encoder pixel format per channel count of the frames."""
+    options: dict[str, str] = field(default_factory=dict)
+    alpha: bool = True
+    """False: RGBA frames are composited over black first."""
+    even: bool = True
+    """Chroma subsampling or the codec needs even width and height."""
+    yuv: bool = True
+
+
+FORMATS: dict[str, VideoFormat] = {
+    ".mp4": VideoFormat("libx264", {1: "yuv420p", 3: "yuv420p", 4: "yuv420p"}, alpha=False),
+    # ProRes 4444 keeps alpha; 422 HQ otherwise (profile 3), half the size.
+    ".mov": VideoFormat(
+        "prores_ks",
+        {1: "yuv422p10le", 3: "yuv422p10le", 4: "yuva444p10le"},
+        {"vendor": "apl0"},
+    ),
+    ".webm": VideoFormat(
+        "libvpx-vp9",
+        {1: "yuv420p", 3: "yuv420p", 4: "yuva420p"},
+        {"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"},
+    ),
+    # Lossless: RGB stays RGB, so no colour matrix and no chroma subsampling.
+    ".mkv": VideoFormat(
+        "ffv1", {1: "gray", 3: "bgr0", 4: "bgra"}, {"level": "3", "slicecrc": "1"}, even=False, yuv=False
+    ),
+}
+INPUT_FORMATS = {1: "gray", 3: "rgb24", 4: "rgba"}
+
+
+def codec_options(fmt: VideoFormat, channels: int, params: FileSinkParams) -> dict[str, str]:
+    options = dict(fmt.options)
+    if fmt.codec == "libx264":
+        options.update(crf=str(params.crf), preset=params.preset)
+    elif fmt.codec == "libvpx-vp9":
+        options["crf"] = str(params.crf)
+    elif fmt.codec == "prores_ks":
+        options["profile"] = "4" if channels == 4 else "3"
+    return options
+
+
+def flatten_over_black(rgba: np.ndarray) -> np.ndarray:
+    alpha = rgba[:, :, 3:].astype(np.uint16)
+    return ((rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+
+
+class VideoFileSink:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        info: SourceInfo,
+        overwrite: bool = False,
+        params: FileSinkParams | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.info = info
+        self.params = params or FileSinkParams()
+        suffix = self.path.suffix.lower()
+        if suffix not in FORMATS:
+            raise MediaError(f"unsupported output format: {self.path} (use {', '.join(FORMATS)})")
+        self.format = FORMATS[suffix]
+        check_output_file(self.path, overwrite)
+        self._lock = threading.Lock()
+        self._out: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._audio: AudioCarrier | None = None
+        self._channels = 0
+        self._time_base = Fraction(1, 1)
+        self._last_pts: int | None = None
+        self._last_step = 0
+        self._closed = False
+        self.frames_written = 0
+
+    def write(self, frame: Frame) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"write after close on {self.path}")
+            array = output_array(frame)
+            if self._out is None:
+                self._start(frame, array)
+            pts = self._next_pts(frame)
+            encoded = self._to_av(array)
+            encoded.pts, encoded.time_base = pts, self._time_base
+            self._mux(self._stream.encode(encoded))
+            self.frames_written += 1
+            if self._audio is not None:
+                self._audio.advance(self._seconds(pts + self._last_step))
+
+    def _start(self, frame: Frame, array: np.ndarray) -> None:
+        height, width, channels = array.shape
+        if self.format.even:
+            width, height = width - width % 2, height - height % 2
+        if channels == 4 and not self.format.alpha:
+            log.warning(
+                "%s cannot hold alpha: compositing over black (use .mov, .webm or .mkv to keep it)", self.path
+            )
+        self._channels = channels
+        self._time_base = frame.time_base or self.info.time_base
+        try:
+            self._out = av.open(str(self.path), "w")
+        except (av.error.FFmpegError, OSError) as err:
+            raise MediaError(f"cannot create {self.path}: {err} (choose another output path)") from err
+        stream = self._out.add_stream(self.format.codec)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = self.format.pix_fmts[channels]
+        stream.time_base = self._time_base
+        ctx = stream.codec_context
+        ctx.time_base = self._time_base
+        if self.info.fps:
+            ctx.framerate = Fraction(self.info.fps).limit_denominator(1001)
+        if self.format.yuv:
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1  # BT.709, as converted in _to_av
+            ctx.color_range = 1  # limited ("MPEG") range
+        stream.options = codec_options(self.format, channels, self.params)
+        self._stream = stream
+        if self.params.audio and self.info.audio_path:
+            self._audio = AudioCarrier(self.info.audio_path, self._out)
+
+    def _next_pts(self, frame: Frame) -> int:
+        """The frame's pts in the encoder's time base, strictly increasing (encoders refuse repeats)."""
+        if frame.pts is None:
+            step = self._last_step or self._default_step()
+            pts = 0 if self._last_pts is None else self._last_pts + step
+        else:
+            pts = round(frame.pts * frame.time_base / self._time_base) if frame.time_base else frame.pts
+        if self._last_pts is not None:
+            if pts <= self._last_pts:
+                log.warning(
+                    "%s: frame %d repeats a timestamp; shifting it by one tick", self.path, frame.index
+                )
+                pts = self._last_pts + 1
+            self._last_step = pts - self._last_pts
+        else:
+            self._last_step = self._default_step()
+        self._last_pts = pts
+        return pts
+
+    def _default_step(self) -> int:
+        fps = self.info.fps or 30.0
+        return max(1, round(1 / (fps * self._time_base)))
+
+    def _seconds(self, pts: int) -> float:
+        return float(pts * self._time_base)
+
+    def _to_av(self, array: np.ndarray) -> av.VideoFrame:
+        if array.shape[2] != self._channels:
+            raise ValueError(
+                f"{self.path}: frames changed from {self._channels} to {array.shape[2]} channels"
+            )
+        if self._channels == 4 and not self.format.alpha:
+            array = flatten_over_black(array)
+        ctx = self._stream.codec_context
+        array = np.ascontiguousarray(array[: ctx.height, : ctx.width])
+        image = av.VideoFrame.from_ndarray(
+            array[:, :, 0] if array.shape[2] == 1 else array, INPUT_FORMATS[array.shape[2]]
+        )
+        if image.width != ctx.width or image.height != ctx.height or self.format.yuv:
+            image = image.reformat(
+                width=ctx.width,
+                height=ctx.height,
+                format=ctx.pix_fmt,
+                dst_colorspace="ITU709" if self.format.yuv else None,
+                dst_color_range="MPEG" if self.format.yuv else None,
+            )
+        return image
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        try:
+            self._out.mux(packets)
+        except (av.error.FFmpegError, OSError) as err:
+            raise MediaError(f"cannot write {self.path}: {err} (check the free disk space)") from err
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._out is None:
+                return
+            try:
+                self._mux(self._stream.encode(None))
+                if self._audio is not None and self._last_pts is not None:
+                    self._audio.finish(self._seconds(self._last_pts + self._last_step))
+            finally:
+                self._out.close()

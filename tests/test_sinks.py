@@ -1,0 +1,218 @@
+"""File sinks: frames, timestamps and audio kept per container; alpha, mattes, PNGs; errors; Ctrl-C."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import count_audio, make_clip, one_line_error, pattern, pix_fmt_of, read_video, square_position
+from PIL import Image
+
+from streamer.errors import ConfigError, MediaError
+from streamer.frame import Frame
+from streamer.sinks.open import open_sink
+from streamer.sinks.png_sequence import PngSequenceSink
+from streamer.sinks.video_file import FileSinkParams, VideoFileSink
+from streamer.sources.open import open_source
+
+SIZE = (64, 48)
+AUDIO_PACKET_S = 1024 / 48000
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("src") / "vfr.mp4", frames=30, size=SIZE, vfr=True)
+
+
+def with_alpha(image: torch.Tensor) -> torch.Tensor:
+    """RGBA: transparent left half, opaque right half (as in tests.media.pattern)."""
+    alpha = torch.zeros(image.shape[:2] + (1,), dtype=torch.uint8)
+    alpha[:, image.shape[1] // 2 :] = 255
+    return torch.cat([image, alpha], dim=2)
+
+
+def transcode(source_path, out_path, channels=3, stop_after=None, **options):
+    """Source -> sink with `frame.output` built from the image; returns the sink after close()."""
+    source = open_source(str(source_path))
+    sink = open_sink(out_path, info=source.info, **options)
+    try:
+        for frame in source.frames():
+            if channels == 4:
+                frame.output = with_alpha(frame.image)
+            elif channels == 1:
+                frame.output = frame.image[:, :, :1].clone()
+            else:
+                frame.output = frame.image
+            sink.write(frame)
+            if stop_after is not None and frame.index + 1 == stop_after:
+                break
+    finally:
+        sink.close()
+        source.close()
+    return sink
+
+
+def seconds(path) -> list[float]:
+    _, pts, time_base = read_video(path)
+    return [float(p * time_base) for p in pts]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])
+def test_frames_timestamps_and_audio_survive(vfr_clip, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    transcode(vfr_clip, out)
+    frames, _, _ = read_video(out)
+    want, got = seconds(vfr_clip), seconds(out)
+    assert len(frames) == len(want) == 30
+    # Matroska shifts every stream by the AAC priming (~21 ms) to stay non-negative: sync is kept.
+    offset = got[0] - want[0] if suffix in (".mkv", ".webm") else 0.0
+    assert 0 <= offset <= AUDIO_PACKET_S + 0.001
+    np.testing.assert_allclose(np.array(got) - offset, want, atol=0.0011)  # webm/mkv store milliseconds
+    assert len(set(np.round(np.diff(got), 3))) > 1  # still variable frame rate
+    assert [square_position(f) for f in frames] == [square_position(pattern(i, SIZE)) for i in range(30)]
+    in_packets, in_duration = count_audio(vfr_clip)
+    out_packets, out_duration = count_audio(out)
+    if suffix == ".webm":  # AAC re-encoded to Opus: other packet size, same length
+        assert out_packets > 0
+    else:
+        assert out_packets == in_packets
+    assert out_duration == pytest.approx(in_duration, abs=AUDIO_PACKET_S)
+
+
+@pytest.mark.parametrize(("suffix", "stored"), [(".mov", "yuva444p"), (".webm", ""), (".mkv", "bgra")])
+def test_alpha_survives_in_alpha_containers(vfr_clip, tmp_path, suffix, stored):
+    out = tmp_path / f"alpha{suffix}"
+    transcode(vfr_clip, out, channels=4)
+    frames, _, _ = read_video(out, format="rgba")  # VP9 through libvpx, which keeps the alpha plane
+    alpha = frames[5][:, :, 3].astype(int)
+    half = SIZE[0] // 2
+    assert alpha[:, : half - 2].max() <= 2 and alpha[:, half + 2 :].min() >= 253
+    if suffix != ".webm":  # FFmpeg's own vp9 decoder reports the stream without its alpha plane
+        assert pix_fmt_of(out).startswith(stored)
+
+
+def test_rgba_into_mp4_is_composited_over_black(vfr_clip, tmp_path):
+    out = tmp_path / "flat.mp4"
+    transcode(vfr_clip, out, channels=4)
+    frame = read_video(out)[0][3].astype(int)
+    assert frame[:, : SIZE[0] // 2 - 2].max() <= 12  # transparent half is black
+    assert frame[:, SIZE[0] // 2 + 2 :].mean() > 60
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])
+def test_matte_only_video_is_gray(vfr_clip, tmp_path, suffix):
+    out = tmp_path / f"matte{suffix}"
+    transcode(vfr_clip, out, channels=1)
+    source = next(iter(open_source(str(vfr_clip)).frames())).image[:, :, 0].numpy().astype(int)
+    frames, _, _ = read_video(out, format="gray")
+    assert len(frames) == 30
+    error = np.abs(frames[0].astype(int) - source)
+    if suffix == ".mkv":
+        assert error.max() == 0  # FFV1 gray is lossless
+    else:
+        assert error.mean() < 4 and error.max() < 16
+
+
+def test_png_sequence_in_folder_is_rgba(vfr_clip, tmp_path):
+    folder = tmp_path / "pngs"
+    sink = transcode(vfr_clip, f"{folder}/", channels=4, stop_after=5)
+    assert isinstance(sink, PngSequenceSink)
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == [f"frame_{i:06d}.png" for i in range(5)]
+    with Image.open(files[2]) as image:
+        assert image.mode == "RGBA"
+        array = np.asarray(image)
+    want = with_alpha(next(iter(open_source(str(vfr_clip)).frames())).image).numpy()
+    assert array.shape == want.shape and array[:, :, 3].tolist() == want[:, :, 3].tolist()
+
+
+def test_png_pattern_refuses_then_replaces_existing_frames(vfr_clip, tmp_path):
+    pattern_path = str(tmp_path / "seq" / "f_%03d.png")
+    transcode(vfr_clip, pattern_path, stop_after=4)
+    assert len(list((tmp_path / "seq").glob("f_*.png"))) == 4
+    with pytest.raises(MediaError) as excinfo:
+        transcode(vfr_clip, pattern_path, stop_after=2)
+    assert "--overwrite" in one_line_error(excinfo)
+    transcode(vfr_clip, pattern_path, stop_after=2, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "seq").iterdir()) == ["f_000.png", "f_001.png"]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])
+def test_interrupted_job_leaves_playable_file_with_frames_so_far(vfr_clip, tmp_path, suffix):
+    out = tmp_path / f"cut{suffix}"
+    sink = transcode(vfr_clip, out, stop_after=10)  # close() as after Ctrl-C
+    frames, _, _ = read_video(out)
+    assert sink.frames_written == 10 and len(frames) == 10
+    got, want = seconds(out), seconds(vfr_clip)[:10]
+    np.testing.assert_allclose(np.array(got) - (got[0] - want[0]), want, atol=0.0011)
+    _, duration = count_audio(out)
+    video_end = want[-1] + (want[-1] - want[-2])  # end of the last frame written
+    assert video_end - AUDIO_PACKET_S <= duration <= video_end + 2 * AUDIO_PACKET_S
+
+
+def test_no_audio_when_turned_off_or_absent(vfr_clip, tmp_path):
+    transcode(vfr_clip, tmp_path / "mute.mp4", audio=False)
+    assert count_audio(tmp_path / "mute.mp4") == (0, 0.0)
+    silent = make_clip(tmp_path / "silent.mkv", frames=4, audio=False)
+    transcode(silent, tmp_path / "silent_out.mov")
+    assert count_audio(tmp_path / "silent_out.mov") == (0, 0.0)
+    assert len(read_video(tmp_path / "silent_out.mov")[0]) == 4
+
+
+def test_odd_size_and_missing_pts_are_handled(tmp_path):
+    info = open_source(str(make_clip(tmp_path / "src.mkv", frames=2, audio=False))).info
+    sink = VideoFileSink(tmp_path / "odd.mp4", info=info)
+    for i in range(3):
+        image = torch.from_numpy(pattern(i, (33, 21)))
+        sink.write(
+            Frame(image=image, pts=None, time_base=info.time_base, index=i, captured_at=0.0, output=image)
+        )
+    sink.close()
+    frames, pts, _ = read_video(tmp_path / "odd.mp4")
+    assert frames[0].shape == (20, 32, 3) and len(frames) == 3
+    assert pts == sorted(set(pts))
+
+
+def test_existing_output_needs_overwrite(vfr_clip, tmp_path):
+    out = tmp_path / "exists.webm"
+    out.write_bytes(b"old")
+    info = open_source(str(vfr_clip)).info
+    with pytest.raises(MediaError) as excinfo:
+        open_sink(out, info=info)
+    assert one_line_error(excinfo) == f"output exists: {out} (pass --overwrite to replace it)"
+    transcode(vfr_clip, out, stop_after=3, overwrite=True)
+    assert len(read_video(out)[0]) == 3
+
+
+def test_unknown_extension_lists_supported_ones(vfr_clip, tmp_path):
+    with pytest.raises(MediaError) as excinfo:
+        open_sink(tmp_path / "out.avi", info=open_source(str(vfr_clip)).info)
+    message = one_line_error(excinfo)
+    assert "out.avi" in message and all(s in message for s in (".mp4", ".mov", ".webm", ".mkv", "%05d.png"))
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "frames/"])
+def test_unwritable_folder_is_one_line_error(vfr_clip, tmp_path, name):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")  # root ignores permissions; a file in the way stops anyone
+    with pytest.raises(MediaError) as excinfo:
+        open_sink(f"{blocker}/{name}", info=open_source(str(vfr_clip)).info)
+    assert one_line_error(excinfo).startswith("cannot write to folder")
+
+
+def test_close_is_idempotent_and_empty_sink_writes_nothing(vfr_clip, tmp_path):
+    sink = open_sink(tmp_path / "empty.mkv", info=open_source(str(vfr_clip)).info)
+    sink.close()
+    sink.close()
+    assert not Path(tmp_path / "empty.mkv").exists()
+
+
+def test_params_validate_and_options_pass_through(vfr_clip, tmp_path):
+    with pytest.raises(ConfigError):
+        FileSinkParams(crf=99)
+    with pytest.raises(ConfigError):
+        FileSinkParams(preset="fastest")
+    sink = open_sink(tmp_path / "q.mp4", info=open_source(str(vfr_clip)).info, crf=30, preset="ultrafast")
+    assert sink.params == FileSinkParams(crf=30, preset="ultrafast")
