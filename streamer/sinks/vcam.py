@@ -17,13 +17,12 @@ import time
 import cv2
 import numpy as np
 
+from streamer.doctor import MODPROBE, OBS_FIX
 from streamer.errors import ConfigError, DeviceError
 from streamer.frame import Frame
 
 log = logging.getLogger(__name__)
 
-MODPROBE = "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=streamer"
-OBS_FIX = "install OBS Studio, start its Virtual Camera once and stop it again"
 
 FORMATS = ("rgb", "bgr", "i420", "nv12", "yuyv", "uyvy", "gray")
 """Pixel formats handed to pyvirtualcam; with rgb/bgr it converts natively (to I420 on Linux)."""
