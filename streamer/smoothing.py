@@ -1,0 +1,152 @@
+"""Temporal smoothing of the matte: steady where the picture is still, immediate where it moves.
+
+A per-frame network flickers at edges (the boundary jitters by a pixel or two, faint blobs and
+specks come and go) even when nothing in the picture changes. The smoother blends each new
+matte into the previous result with a per-pixel weight:
+
+* where the *image* is still, the weight comes from a time constant in seconds,
+  `1 - exp(-dt / tau)`, so 15 fps and 60 fps converge alike over the same time span;
+* where the image moves, the weight goes to 1 and the new matte is taken as is (no lag);
+* a large matte change over a still image is treated as network noise, unless it persists
+  (it then gets through within a few time constants).
+
+It resets (returns the new matte unchanged) on scene cuts (large global image change), on gaps
+(dt above a limit, time going backwards) and on size or device changes. Everything runs on the
+alpha's device; the motion map is computed at a reduced resolution, which both saves work and
+ignores single-pixel sensor noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from streamer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SmoothingParams:
+    enabled: bool = True
+    strength: float = 0.5
+    """0 = off, 1 = strongest; scales the still-region time constant up to `max_time_constant`."""
+    max_time_constant: float = 0.3
+    """Seconds: the time constant of still regions at strength 1."""
+    motion_threshold: float = 0.01
+    """Mean grey-level change (0..1) below which a region counts as still (sensor noise)."""
+    motion_range: float = 0.02
+    """Grey-level change above the threshold over which the weight ramps to 1 (full follow)."""
+    motion_scale: int = 2
+    """The image difference is taken on a grid this many times coarser (averaging out sensor noise)."""
+    motion_reach: int = 6
+    """Pixels around a moving image region whose matte also follows (edges jitter and lag)."""
+    scene_cut: float = 0.2
+    """Mean grey-level change of the whole frame that counts as a cut (reset)."""
+    max_gap: float = 0.5
+    """Seconds between frames above which the history is dropped (reset)."""
+
+    def __post_init__(self) -> None:
+        _check_range("smoothing.strength", self.strength, 0.0, 1.0)
+        _check_range("smoothing.max_time_constant", self.max_time_constant, 0.0, 10.0)
+        _check_range("smoothing.motion_threshold", self.motion_threshold, 0.0, 1.0)
+        _check_range("smoothing.motion_range", self.motion_range, 1e-6, 1.0)
+        _check_range("smoothing.scene_cut", self.scene_cut, 0.0, 1.0)
+        _check_range("smoothing.max_gap", self.max_gap, 0.0, 3600.0)
+        for name, lo, hi in (("motion_scale", 1, 16), ("motion_reach", 0, 64)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"smoothing.{name}: {value!r} is not an integer in {lo}..{hi}")
+
+    @property
+    def time_constant(self) -> float:
+        return self.strength * self.max_time_constant
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ConfigError(f"{name}: {value!r} is not a number in {lo:g}..{hi:g}")
+
+
+def grey_cells(image: torch.Tensor, grid: int) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (ceil(H/grid), ceil(W/grid)) mean luma in [0, 1]."""
+    x = image.to(torch.float32).permute(2, 0, 1).unsqueeze(0)
+    luma = (x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114) / 255.0
+    return F.avg_pool2d(luma, grid, stride=grid, ceil_mode=True)[0, 0]
+
+
+def follow_weight(grey_now: torch.Tensor, grey_before: torch.Tensor, params: SmoothingParams) -> torch.Tensor:
+    """Per-cell weight in [0, 1] of the new matte from image motion (1 = take the new matte)."""
+    diff = (grey_now - grey_before).abs()
+    weight = ((diff - params.motion_threshold) / params.motion_range).clamp_(0.0, 1.0)
+    # The matte of a moving edge changes next to where the image changed, not only on it.
+    reach = -(-params.motion_reach // params.motion_scale)
+    if reach:
+        weight = F.max_pool2d(weight[None, None], 2 * reach + 1, stride=1, padding=reach)[0, 0]
+    return weight
+
+
+def still_weight(dt: float, params: SmoothingParams) -> float:
+    """Weight of the new matte in still regions after `dt` seconds (exact for any frame rate)."""
+    tau = params.time_constant
+    if tau <= 0.0:
+        return 1.0
+    return 1.0 - math.exp(-dt / tau)
+
+
+def blend(
+    previous: torch.Tensor, current: torch.Tensor, cell_weight: torch.Tensor, still: float
+) -> torch.Tensor:
+    """previous + w * (current - previous), w = max(still, motion weight upsampled to full size)."""
+    h, w = current.shape
+    weight = F.interpolate(cell_weight[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    weight = weight.clamp_(min=still)
+    return previous + weight * (current - previous)
+
+
+def is_scene_cut(grey_now: torch.Tensor, grey_before: torch.Tensor, params: SmoothingParams) -> bool:
+    return float((grey_now - grey_before).abs().mean()) > params.scene_cut
+
+
+class TemporalSmoother:
+    """Stateful per stream: call once per frame in presentation order; `.params` may be replaced."""
+
+    def __init__(self, params: SmoothingParams | None = None, device: torch.device | str | None = None):
+        self.params = params or SmoothingParams()
+        self.device = torch.device(device) if device is not None else None
+        self.resets = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._alpha: torch.Tensor | None = None
+        self._grey: torch.Tensor | None = None
+        self._time: float | None = None
+        self._grid: int | None = None
+
+    def __call__(self, alpha: torch.Tensor, image: torch.Tensor, t: float) -> torch.Tensor:
+        params = self.params
+        if not params.enabled or params.strength <= 0.0:
+            self.reset()
+            return alpha
+        image = image.to(alpha.device, non_blocking=True)
+        grey = grey_cells(image, params.motion_scale)
+        out = alpha
+        if self._must_reset(alpha, grey, t):
+            self.resets += 1
+        else:
+            weight = follow_weight(grey, self._grey, params)
+            out = blend(self._alpha, alpha.to(torch.float32), weight, still_weight(t - self._time, params))
+        self._alpha, self._grey, self._time, self._grid = out, grey, t, params.motion_scale
+        return out
+
+    def _must_reset(self, alpha: torch.Tensor, grey: torch.Tensor, t: float) -> bool:
+        prev = self._alpha
+        if prev is None or self._grid != self.params.motion_scale:
+            return True
+        if prev.shape != alpha.shape or prev.device != alpha.device:
+            return True
+        dt = t - self._time
+        if dt < 0.0 or dt > self.params.max_gap:
+            return True
+        return is_scene_cut(grey, self._grey, self.params)

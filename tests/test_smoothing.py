@@ -1,0 +1,148 @@
+"""Temporal smoothing: push mattes and images in, check what comes out."""
+
+import math
+
+import pytest
+import torch
+
+from streamer.errors import ConfigError
+from streamer.smoothing import SmoothingParams, TemporalSmoother, still_weight
+
+H, W = 48, 64
+
+
+def textured_image(seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(40, 200, (H, W, 3), generator=gen, dtype=torch.uint8)
+
+
+def disc(cx: float, cy: float = H / 2, r: float = 12) -> torch.Tensor:
+    yy, xx = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij"
+    )
+    return ((r - torch.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)) / 2 + 0.5).clamp(0, 1)
+
+
+def scene(cx: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image whose subject (a bright disc) sits where the matte says."""
+    alpha = disc(cx)
+    image = (textured_image().float() * (1 - alpha[..., None]) + 250 * alpha[..., None]).to(torch.uint8)
+    return alpha, image
+
+
+def test_still_scene_converges_and_flicker_drops():
+    gen = torch.Generator().manual_seed(1)
+    truth, image = scene(30)
+    smoother = TemporalSmoother(SmoothingParams(), "cpu")
+    raw_flicker = out_flicker = 0.0
+    prev_raw = prev_out = None
+    for i in range(60):
+        raw = (truth + torch.randn(H, W, generator=gen) * 0.1).clamp(0, 1)
+        out = smoother(raw, image, i / 30)
+        if i >= 30:  # after one second: the converged regime
+            raw_flicker += float((raw - prev_raw).abs().mean())
+            out_flicker += float((out - prev_out).abs().mean())
+        prev_raw, prev_out = raw, out
+    assert out_flicker < 0.4 * raw_flicker
+    assert float((out - truth).abs().mean()) < float((raw - truth).abs().mean())
+
+
+def test_motion_is_followed_without_lag():
+    smoother = TemporalSmoother(SmoothingParams(strength=1.0), "cpu")
+    for i in range(30):
+        alpha, image = scene(20)
+        smoother(alpha, image, i / 30)
+    alpha, image = scene(44)  # the subject jumps: image and matte change together
+    out = smoother(alpha, image, 1.0)
+    assert float((out - alpha).abs().max()) < 0.05
+    alpha2, image2 = scene(44)
+    out = smoother(alpha2, image2, 1.0 + 1 / 30)
+    assert float((out - alpha).abs().max()) < 0.05
+
+
+def test_matte_change_without_image_change_is_smoothed_then_accepted():
+    params = SmoothingParams(strength=0.5)
+    smoother = TemporalSmoother(params, "cpu")
+    _, image = scene(30)
+    zero, one = torch.zeros(H, W), torch.ones(H, W)
+    smoother(zero, image, 0.0)
+    first = smoother(one, image, 1 / 30)
+    assert float(first.mean()) == pytest.approx(still_weight(1 / 30, params), abs=1e-5)
+    for i in range(2, 31):
+        out = smoother(one, image, i / 30)
+    assert float(out.min()) > 0.99  # a persistent change gets through within a second
+
+
+@pytest.mark.parametrize("fps", [30, 60])
+def test_time_constant_is_in_seconds(fps):
+    params = SmoothingParams(strength=0.5)
+    smoother = TemporalSmoother(params, "cpu")
+    _, image = scene(30)
+    smoother(torch.zeros(H, W), image, 0.0)
+    for i in range(1, int(0.2 * fps) + 1):
+        out = smoother(torch.ones(H, W), image, i / fps)
+    expected = 1 - math.exp(-0.2 / params.time_constant)
+    assert float(out.mean()) == pytest.approx(expected, abs=1e-4)
+
+
+def test_scene_cut_resets_immediately():
+    smoother = TemporalSmoother(SmoothingParams(strength=1.0), "cpu")
+    alpha, image = scene(30)
+    for i in range(10):
+        smoother(alpha, image, i / 30)
+    resets = smoother.resets
+    new_alpha = torch.rand(H, W, generator=torch.Generator().manual_seed(3))
+    out = smoother(new_alpha, 255 - image, 10 / 30)
+    assert torch.equal(out, new_alpha)
+    assert smoother.resets == resets + 1
+
+
+@pytest.mark.parametrize(
+    "next_time, size",
+    [(5.0, (H, W)), (0.1, (H, W)), (11 / 30, (H // 2, W))],
+    ids=["gap", "time-backwards", "size-change"],
+)
+def test_gaps_and_size_changes_reset(next_time, size):
+    smoother = TemporalSmoother(SmoothingParams(strength=1.0), "cpu")
+    alpha, image = scene(30)
+    for i in range(10):
+        smoother(alpha, image, 0.2 + i / 30)
+    new_alpha = torch.full(size, 0.25)
+    out = smoother(new_alpha, image[: size[0], : size[1]], next_time)
+    assert torch.equal(out, new_alpha)
+
+
+def test_disabled_is_identity_and_params_are_live():
+    smoother = TemporalSmoother(SmoothingParams(enabled=False), "cpu")
+    _, image = scene(30)
+    for i in range(3):
+        alpha = torch.rand(H, W)
+        assert smoother(alpha, image, i / 30) is alpha
+    smoother.params = SmoothingParams(strength=1.0)
+    smoother(torch.zeros(H, W), image, 3 / 30)
+    out = smoother(torch.ones(H, W), image, 4 / 30)
+    assert float(out.mean()) < 0.5  # now smoothing
+    smoother.params = SmoothingParams(strength=0.0)
+    alpha = torch.rand(H, W)
+    assert smoother(alpha, image, 5 / 30) is alpha
+
+
+def test_runs_on_the_alpha_device_with_a_cpu_image():
+    smoother = TemporalSmoother(SmoothingParams(), "cpu")
+    alpha, image = scene(30)
+    out = smoother(alpha.double().float(), image, 0.0)
+    assert out.device == alpha.device and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strength": 1.5}, "smoothing.strength: 1.5 is not a number in 0..1"),
+        ({"max_gap": -1}, "smoothing.max_gap"),
+        ({"motion_scale": 0}, "smoothing.motion_scale: 0 is not an integer in 1..16"),
+    ],
+)
+def test_bad_params_are_one_line_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
+        SmoothingParams(**kwargs)
+    assert "\n" not in str(err.value)
