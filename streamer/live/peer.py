@@ -1,0 +1,210 @@
+"""One browser connection: its frames in, its own smoothing and compositing, its video out.
+
+Two tasks per peer. The reader pulls every incoming frame as soon as it arrives (aiortc's
+remote track buffers without limit otherwise) and offers it to the peer's worker slot,
+where the newest frame wins. The finisher awaits each matted frame, smooths and
+composites it in the shared compositing pool (blocking tensor work stays off the event
+loop) and publishes it to the outgoing track, which aiortc pulls at its own pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+
+import numpy as np
+import torch
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
+
+from streamer.config import update_params
+from streamer.frame import Frame
+from streamer.live.stats import LatencyWindow, RateMeter
+from streamer.live.tracks import LatestFrameTrack
+from streamer.live.worker import InferenceWorker, SlotClosed
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+def frame_from_video(video: VideoFrame, index: int) -> Frame:
+    """A pipeline `Frame` from a decoded WebRTC frame; capture time is when it reached us."""
+    image = torch.from_numpy(video.to_ndarray(format="rgb24"))
+    return Frame(image, video.pts, video.time_base, index, time.monotonic())
+
+
+def video_from_output(output: torch.Tensor, frame: Frame) -> VideoFrame:
+    """A WebRTC frame from compositor output (matte, RGB or RGBA), keeping the input's timing."""
+    array = output.numpy() if isinstance(output, torch.Tensor) else np.asarray(output)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    # A browser <video> has no alpha: RGBA output is shown by its colour channels.
+    array = np.ascontiguousarray(array[..., :3])
+    video = VideoFrame.from_ndarray(array, format="rgb24")
+    video.pts = frame.pts
+    video.time_base = frame.time_base
+    return video
+
+
+def _updated(params, section: str, changes: dict | None):
+    for key, value in (changes or {}).items():
+        params = update_params(params, section, key, value)
+    return params
+
+
+class Finisher:
+    """Smoothing then compositing for one peer; both keep per-stream state."""
+
+    def __init__(self, smoother, compositor) -> None:
+        self.smoother = smoother
+        self.compositor = compositor
+
+    def __call__(self, frame: Frame) -> VideoFrame:
+        alpha = frame.alpha
+        if self.smoother is not None:
+            alpha = self.smoother(alpha, frame.image, frame.time)
+        return video_from_output(self.compositor(frame.image, alpha, frame.time), frame)
+
+
+class PeerSession:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        worker: InferenceWorker,
+        finisher: Finisher,
+        executor: Executor,
+        on_closed: Callable[[PeerSession], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.id = f"peer-{next(_ids)}"
+        self.pc = pc
+        self.worker = worker
+        self.finisher = finisher
+        self._executor = executor
+        self._on_closed = on_closed
+        self.slot = worker.open_slot(self.id)
+        self.latency = LatencyWindow()
+        self.fps = RateMeter()
+        self.track = LatestFrameTrack(on_sent=self._sent)
+        self.received = 0
+        self.errors = 0
+        self._inputs: list[MediaStreamTrack] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._closing: asyncio.Task | None = None
+        self._spawn(self._finish_frames(), "finish")
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self.close_soon()
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def attach_track(self, track: MediaStreamTrack) -> None:
+        """Matte a browser camera track; the peer closes when the track ends."""
+        self._inputs.append(track)
+        track.on("ended", self.close_soon)
+        self._spawn(self._read_track(track), "read")
+
+    def attach_frames(self, frames: Callable[[], AsyncIterator[Frame]]) -> None:
+        """Matte frames from a server-side source (each yielded `Frame` is this peer's own copy)."""
+        self._spawn(self._read_frames(frames()), "read")
+
+    async def _read_track(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                self._offer(frame_from_video(await track.recv(), self.received))
+        self.close_soon()
+
+    async def _read_frames(self, frames: AsyncIterator[Frame]) -> None:
+        async for frame in frames:
+            self._offer(frame)
+
+    def _offer(self, frame: Frame) -> None:
+        self.received += 1
+        self.slot.put(frame)
+
+    # -- output ---------------------------------------------------------------------------------
+    async def _finish_frames(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self.slot.get()
+                video = await loop.run_in_executor(self._executor, self.finisher, frame)
+            except SlotClosed:
+                return
+            except Exception:  # one bad frame must not end the call
+                self.errors += 1
+                log.exception("%s: could not process a frame", self.id)
+                continue
+            self.track.publish(video, frame.captured_at)
+
+    def _sent(self, latency_s: float) -> None:
+        self.latency.add(latency_s)
+        self.fps.tick()
+
+    # -- controls and stats ---------------------------------------------------------------------
+    def update(self, composite: dict | None = None, smoothing: dict | None = None) -> None:
+        """Replace this peer's parameters without reconnecting; loose values (JSON, form strings)
+        are validated like the config file, and a bad one raises ConfigError and changes nothing."""
+        compositor, smoother = self.finisher.compositor, self.finisher.smoother
+        new_composite = _updated(compositor.params, "composite", composite)
+        new_smoothing = _updated(smoother.params, "smoothing", smoothing) if smoother is not None else None
+        compositor.params = new_composite
+        if smoother is not None:
+            smoother.params = new_smoothing
+
+    def stats(self) -> dict:
+        p50, p95 = self.latency.percentile(50), self.latency.percentile(95)
+        return {
+            "peer": self.id,
+            "state": self.pc.connectionState,
+            "received": self.received,
+            "sent": self.track.sent,
+            "dropped": self.slot.dropped + self.track.dropped,
+            "errors": self.errors,
+            "fps": round(self.fps.rate(), 2),
+            "latency_ms_p50": None if p50 is None else round(p50 * 1000, 1),
+            "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
+            "infer_ms": round(self.worker.stats.last_infer_s * 1000, 1),
+            "batch": self.worker.stats.last_batch_size,
+            "peers": self.worker.peers,
+            "size": list(self.worker.size) if self.worker.size else None,
+        }
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close_soon(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(), name=f"{self.id}-close")
+
+    async def close(self) -> None:
+        """Free everything this peer holds; safe to call more than once and from its own tasks."""
+        self.close_soon()
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self.slot.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.track.stop()
+        for track in self._inputs:
+            track.stop()
+        await self.pc.close()
+        if self._on_closed is not None:
+            result = self._on_closed(self)
+            if asyncio.iscoroutine(result):
+                await result

@@ -1,0 +1,96 @@
+"""Wiring for `streamer serve`: the model, a smoother and compositor per peer, and the web server.
+
+The engine (and so the model input size) is shared by every peer; smoothing and compositing
+state and parameters are each peer's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+from dataclasses import dataclass
+
+from streamer.config import JobConfig
+from streamer.errors import ConfigError
+from streamer.live.app import LiveServer
+from streamer.live.peer import Finisher
+from streamer.live.source_hub import SourceHub
+from streamer.live.worker import InferenceWorker
+
+
+@dataclass(frozen=True)
+class ServeParams:
+    host: str = "127.0.0.1"
+    """Address to listen on; the default keeps the page private to this machine."""
+    port: int = 8080
+    source: str | None = None
+    """A server-side input to preview (file, webcam:N, image folder); None = the browser's camera."""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("serve.host: empty (use 127.0.0.1, or 0.0.0.0 to listen on every address)")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port: {self.port!r} is not a port number in 0..65535 (check --port)")
+
+
+def build_server(config: JobConfig, source: str | None = None, engine=None) -> LiveServer:
+    """A LiveServer for `config`; `engine` (a MattingEngine) is loaded from config.model when None.
+
+    The source is opened before the model is loaded, so a wrong path fails at once.
+    """
+    from streamer.compose.compositor import Compositor
+    from streamer.engine import MattingEngine
+    from streamer.smoothing import TemporalSmoother
+
+    hub = None
+    if source is not None:
+        from streamer.sources.open import open_source
+
+        hub = SourceHub(lambda: open_source(source))
+    try:
+        if engine is None:
+            engine = MattingEngine.from_params(config.model)
+    except BaseException:
+        if hub is not None:
+            hub.close_now()
+        raise
+    device = engine.device
+
+    def resize(size: tuple[int, int]):
+        # A new size means a new engine (weights reloaded): the change reaches every peer.
+        return MattingEngine.from_params(dataclasses.replace(config.model, size=size))
+
+    def make_finisher() -> Finisher:
+        return Finisher(TemporalSmoother(config.smoothing, device), Compositor(config.composite, device))
+
+    worker = InferenceWorker(engine, resize=resize, size=tuple(config.model.size))
+    return LiveServer(worker, make_finisher, hub=hub)
+
+
+def serve(params: ServeParams, config: JobConfig) -> int:
+    """Run the page until Ctrl-C; every peer is closed on the way out."""
+    from aiohttp import web
+
+    check_port_free(params)
+    server = build_server(config, source=params.source)
+    url = f"http://{params.host}:{params.port}"
+    what = f"previewing {params.source}" if params.source else "matting the browser's camera"
+    print(f"streamer: serving {url} ({what}); press Ctrl-C to stop", flush=True)
+    web.run_app(server.build(), host=params.host, port=params.port, print=None)
+    return 0
+
+
+def check_port_free(params: ServeParams) -> None:
+    # Fail before loading the model, with a fix, rather than with aiohttp's OSError traceback.
+    try:
+        with socket.create_server((params.host, params.port)):
+            pass
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {params.port} on {params.host} is in use (stop the other server or choose --port)"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {params.host}:{params.port}: {err.strerror} (check --host)"
+        ) from None

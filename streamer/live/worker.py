@@ -1,0 +1,236 @@
+"""One inference thread shared by every live peer.
+
+Each peer owns a `WorkerSlot`. A slot holds at most one waiting frame (a newer frame
+replaces it and the replaced one counts as a drop) and at most one frame inside the
+engine, so latency never builds up however slow the model is. Whenever the thread is
+free it takes the waiting frame of every slot that has nothing in flight and runs them
+through the engine in one `predict` call: peers share the GPU/CPU, not a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from streamer.frame import Frame
+
+log = logging.getLogger(__name__)
+
+
+class SlotClosed(Exception):
+    """The slot was closed while someone awaited its next result."""
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    frames: int = 0
+    last_batch_size: int = 0
+    last_infer_s: float = 0.0
+    max_batch_size: int = 0
+
+
+class WorkerSlot:
+    """A peer's place in the worker: `put` frames in (from the event loop), `await get()` results."""
+
+    def __init__(self, worker: InferenceWorker, name: str) -> None:
+        self.name = name
+        self._worker = worker
+        self._waiting: Frame | None = None
+        self._in_flight = False
+        self._result: Frame | BaseException | None = None
+        self._ready = asyncio.Event()
+        self.closed = False
+        self.submitted = 0
+        self.completed = 0
+        self.dropped = 0
+        """Frames replaced before the engine took them, plus results replaced before `get` took them."""
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight
+
+    def put(self, frame: Frame) -> None:
+        """Offer the newest frame; never blocks (the older waiting frame, if any, is dropped)."""
+        if self.closed:
+            return
+        with self._worker._cond:
+            if self._waiting is not None:
+                self.dropped += 1
+            self._waiting = frame
+            self.submitted += 1
+            self._worker._cond.notify()
+
+    async def get(self) -> Frame:
+        """The next frame with `alpha` set; raises what the engine raised, or `SlotClosed`."""
+        while self._result is None:
+            if self.closed:
+                raise SlotClosed(self.name)
+            self._ready.clear()
+            await self._ready.wait()
+        result, self._result = self._result, None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._worker._remove(self)
+
+    # Called by the worker thread with the lock held.
+    def _take(self) -> Frame | None:
+        if self.closed or self._in_flight or self._waiting is None:
+            return None
+        frame, self._waiting = self._waiting, None
+        self._in_flight = True
+        return frame
+
+    # Called on the event loop.
+    def _deliver(self, result: Frame | BaseException) -> None:
+        if self.closed:
+            return
+        if isinstance(self._result, Frame):
+            self.dropped += 1
+        self._result = result
+        self.completed += 1
+        self._ready.set()
+
+
+class InferenceWorker:
+    """Owns the engine and the one thread that calls it; use it from a single event loop.
+
+    `engine` needs `predict(images)` as in `streamer.engine.MattingEngine`. `resize(size)`,
+    when given, is called in the worker thread between batches after `set_size` and returns
+    the engine to use from then on (the input size is shared by all peers).
+    """
+
+    def __init__(
+        self,
+        engine,
+        *,
+        resize: Callable[[tuple[int, int]], object] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.engine = engine
+        self._resize = resize
+        self.size = size
+        self._pending_size: tuple[int, int] | None = None
+        self._cond = threading.Condition()
+        self._slots: dict[WorkerSlot, None] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = WorkerStats()
+        self._counter = 0
+
+    @property
+    def peers(self) -> int:
+        return len(self._slots)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="streamer-infer", daemon=True)
+        self._thread.start()
+
+    async def aclose(self) -> None:
+        with self._cond:
+            self._stopping = True
+            slots = list(self._slots)
+            self._cond.notify_all()
+        for slot in slots:
+            slot.close()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def open_slot(self, name: str | None = None) -> WorkerSlot:
+        if self._thread is None or self._stopping:
+            raise RuntimeError("the inference worker is not running")
+        self._counter += 1
+        slot = WorkerSlot(self, name or f"slot-{self._counter}")
+        with self._cond:
+            self._slots[slot] = None
+        return slot
+
+    def set_size(self, size: tuple[int, int]) -> None:
+        """Change the engine input size for every peer, from the next batch on."""
+        if self._resize is None:
+            raise RuntimeError("this worker cannot change the model size")
+        with self._cond:
+            self._pending_size = (int(size[0]), int(size[1]))
+            self._cond.notify()
+
+    def _remove(self, slot: WorkerSlot) -> None:
+        with self._cond:
+            slot.closed = True
+            slot._waiting = None
+            self._slots.pop(slot, None)
+        slot._ready.set()
+
+    def _next_batch(self) -> tuple[list[tuple[WorkerSlot, Frame]], tuple[int, int] | None] | None:
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                batch = [(slot, frame) for slot in self._slots if (frame := slot._take()) is not None]
+                size, self._pending_size = self._pending_size, None
+                if batch or size:
+                    return batch, size
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while (job := self._next_batch()) is not None:
+            batch, size = job
+            if size is not None:
+                self._apply_size(size)
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                alphas = self._predict([frame.image for _, frame in batch])
+                results: list[Frame | BaseException] = []
+                for (_, frame), alpha in zip(batch, alphas, strict=True):
+                    frame.alpha = alpha
+                    results.append(frame)
+            except Exception as err:  # a failed batch is reported to each peer, the worker goes on
+                log.exception("inference failed")
+                results = [err] * len(batch)
+            self._record(len(batch), time.monotonic() - started)
+            with self._cond:
+                for slot, _ in batch:
+                    slot._in_flight = False
+            for (slot, _), result in zip(batch, results, strict=True):
+                self._call_soon(slot._deliver, result)
+
+    def _apply_size(self, size: tuple[int, int]) -> None:
+        try:
+            self.engine = self._resize(size)
+            self.size = size
+        except Exception:
+            log.exception("could not change the model size to %sx%s", *size)
+
+    def _predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Same-sized frames go in as one batch tensor; mixed sizes as a list (the engine resizes each).
+        if len(images) == 1:
+            return [self.engine.predict(images[0])]
+        if len({tuple(image.shape) for image in images}) == 1:
+            return list(self.engine.predict(torch.stack(images)).unbind(0))
+        return list(self.engine.predict(images))
+
+    def _record(self, batch_size: int, seconds: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.frames += batch_size
+        stats.last_batch_size = batch_size
+        stats.max_batch_size = max(stats.max_batch_size, batch_size)
+        stats.last_infer_s = seconds
+
+    def _call_soon(self, fn, *args) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(fn, *args)

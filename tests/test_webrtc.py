@@ -1,0 +1,390 @@
+"""`streamer serve` over WebRTC: the shared inference worker, an in-process aiortc peer
+talking to the aiohttp app, malformed offers, controls, preview mode and clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import re
+import threading
+import time
+from fractions import Fraction
+
+import aiohttp
+import numpy as np
+import pytest
+import torch
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from av import VideoFrame
+
+from streamer.frame import Frame
+from streamer.live.app import LiveServer
+from streamer.live.peer import Finisher
+from streamer.live.worker import InferenceWorker, SlotClosed
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """aioice leaves 127.0.0.1 out of host candidates; keep the test traffic on loopback."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+# -- the worker, with an engine the test controls ------------------------------------------------
+class GatedEngine:
+    """Returns alpha = red channel / 255; each predict waits for the test to open the gate."""
+
+    def __init__(self, gated: bool = True) -> None:
+        self.calls: list[int] = []
+        self.gate = threading.Semaphore(0)
+        self.gated = gated
+
+    def predict(self, images):
+        if self.gated:
+            assert self.gate.acquire(timeout=10), "the test never released the engine"
+        if isinstance(images, list):
+            self.calls.append(len(images))
+            return [image[..., 0].float() / 255 for image in images]
+        self.calls.append(images.shape[0] if images.ndim == 4 else 1)
+        return images[..., 0].float() / 255
+
+
+def make_frame(index: int, value: int = 0, size: tuple[int, int] = (8, 8)) -> Frame:
+    image = torch.full((*size, 3), value, dtype=torch.uint8)
+    return Frame(image, index, Fraction(1, 30), index, time.monotonic())
+
+
+async def started(engine) -> InferenceWorker:
+    worker = InferenceWorker(engine)
+    worker.start()
+    return worker
+
+
+async def test_worker_keeps_one_in_flight_and_the_newest_waiting():
+    engine = GatedEngine()
+    worker = await started(engine)
+    slot = worker.open_slot()
+    slot.put(make_frame(0))
+    await asyncio.sleep(0.05)
+    assert slot.busy  # frame 0 is inside the engine
+    for i in range(1, 6):
+        slot.put(make_frame(i))
+    assert slot.dropped == 4  # 1..4 replaced while waiting; 5 waits
+    engine.gate.release()
+    first = await asyncio.wait_for(slot.get(), 5)
+    engine.gate.release()
+    second = await asyncio.wait_for(slot.get(), 5)
+    assert (first.index, second.index) == (0, 5)
+    assert engine.calls == [1, 1]
+    await worker.aclose()
+
+
+async def test_worker_batches_all_peers_into_one_predict():
+    engine = GatedEngine()
+    worker = await started(engine)
+    blocker, *peers = [worker.open_slot() for _ in range(4)]
+    blocker.put(make_frame(0))
+    await asyncio.sleep(0.05)
+    for n, slot in enumerate(peers):
+        slot.put(make_frame(10 + n, value=10 * n))
+    engine.gate.release()
+    engine.gate.release()
+    results = [await asyncio.wait_for(slot.get(), 5) for slot in peers]
+    assert engine.calls == [1, 3]
+    for n, frame in enumerate(results):
+        assert frame.index == 10 + n
+        assert torch.allclose(frame.alpha, torch.full((8, 8), 10 * n / 255))
+    await worker.aclose()
+
+
+async def test_worker_mixed_sizes_and_closed_slot():
+    worker = await started(GatedEngine(gated=False))
+    a, b = worker.open_slot(), worker.open_slot()
+    a.put(make_frame(0, 255, (4, 6)))
+    b.put(make_frame(1, 0, (8, 8)))
+    assert (await a.get()).alpha.shape == (4, 6)
+    assert (await b.get()).alpha.shape == (8, 8)
+    waiter = asyncio.ensure_future(a.get())
+    await asyncio.sleep(0.01)
+    a.close()
+    with pytest.raises(SlotClosed):
+        await asyncio.wait_for(waiter, 5)
+    assert worker.peers == 1
+    await worker.aclose()
+    assert not any(t.name == "streamer-infer" for t in threading.enumerate())
+
+
+# -- an in-process browser stand-in ---------------------------------------------------------------
+class PictureTrack(VideoStreamTrack):
+    """A paced 30 fps camera showing a fixed picture."""
+
+    def __init__(self, picture: np.ndarray) -> None:
+        super().__init__()
+        self.picture = picture
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame.from_ndarray(self.picture, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+def halves(height: int = 96, width: int = 128) -> np.ndarray:
+    """Left half red, right half blue."""
+    picture = np.zeros((height, width, 3), np.uint8)
+    picture[:, : width // 2, 0] = 255
+    picture[:, width // 2 :, 2] = 255
+    return picture
+
+
+HALVES = halves()
+
+
+class Client:
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http, self.base = http, base
+        self.pc = RTCPeerConnection()
+        self.frames: list[VideoFrame] = []
+        self.arrived = asyncio.Event()
+        self.peer: str | None = None
+        self._reader: asyncio.Task | None = None
+
+        @self.pc.on("track")
+        def _track(track) -> None:
+            self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                self.frames.append(await track.recv())
+                self.arrived.set()
+        except MediaStreamError:
+            pass
+
+    async def connect(self, picture: np.ndarray | None = HALVES) -> dict:
+        if picture is None:
+            self.pc.addTransceiver("video", direction="recvonly")
+        else:
+            self.pc.addTrack(PictureTrack(picture))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        async with self.http.post(f"{self.base}/offer", json=offer) as response:
+            answer = await response.json()
+            assert response.status == 200, answer
+        self.peer = answer["peer"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        return answer
+
+    async def wait_frames(self, count: int, timeout: float = 30) -> list[np.ndarray]:
+        start = len(self.frames)
+        deadline = time.monotonic() + timeout
+        while len(self.frames) < start + count:
+            assert time.monotonic() < deadline, f"only {len(self.frames) - start} of {count} frames came back"
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
+        return [frame.to_ndarray(format="rgb24") for frame in self.frames[start : start + count]]
+
+    async def post(self, path: str, body: dict) -> tuple[int, dict]:
+        async with self.http.post(f"{self.base}{path}", json={"peer": self.peer, **body}) as response:
+            return response.status, await response.json()
+
+    async def close(self, hang_up: bool = True) -> None:
+        if hang_up and self.peer:
+            await self.post("/close", {})
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+# -- the app under test ---------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def serving(server: LiveServer):
+    runner = web.AppRunner(server.build())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield http, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+# Temporary stand-ins until the compositor lands.
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class FakeCompositeParams:
+    mode: str = "matte"
+    color: tuple[int, int, int] = (0, 255, 0)
+    background: str | None = None
+    blur: int = 31
+
+
+class FakeCompositor:
+    def __init__(self, params, device=None):
+        self.params = params
+
+    def __call__(self, image, alpha, t):
+        if self.params.mode == "matte":
+            return (alpha * 255).round().to(torch.uint8)[..., None]
+        out = torch.empty_like(image)
+        out[...] = torch.tensor(self.params.color, dtype=torch.uint8)
+        return out
+
+
+def make_server(engine=None, **kwargs) -> LiveServer:
+    worker = InferenceWorker(engine or GatedEngine(gated=False), resize=lambda size: engine, size=(64, 64))
+    return LiveServer(worker, lambda: Finisher(None, FakeCompositor(FakeCompositeParams())), **kwargs)
+
+
+def mean_rgb(picture: np.ndarray) -> np.ndarray:
+    return picture.reshape(-1, 3).mean(axis=0)
+
+
+async def test_frames_flow_both_ways_and_controls_apply_live():
+    async with serving(make_server()) as (http, base):
+        client = Client(http, base)
+        await client.connect()
+        # mode matte: grey frames equal to alpha (here the red channel): left white, right black
+        frames = await client.wait_frames(3)
+        last = frames[-1]
+        assert last.shape == HALVES.shape
+        assert mean_rgb(last[:, :48]).min() > 200 and mean_rgb(last[:, -48:]).max() < 50
+        status, reply = await client.post("/params", {"composite": {"mode": "color", "color": "#ff00ff"}})
+        assert status == 200 and reply["composite"]["color"] == [255, 0, 255]
+        await asyncio.sleep(0.3)
+        magenta = (await client.wait_frames(3))[-1]
+        assert np.abs(mean_rgb(magenta) - [255, 0, 255]).max() < 25
+        status, stats = await client.post("/params", {"composite": {"mode": "sepia"}})
+        assert status == 400 and "composite.mode" in stats["error"]
+        async with http.get(f"{base}/stats", params={"peer": client.peer}) as response:
+            stats = await response.json()
+        assert stats["sent"] >= 6 and stats["received"] >= stats["sent"] and stats["fps"] > 0
+        assert stats["latency_ms_p50"] is not None
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"type": "offer"}', 'expected {"sdp"'),
+        ('{"sdp": "v=0", "type": "answer"}', 'expected {"sdp"'),
+        ('{"sdp": "garbage", "type": "offer"}', "no video section"),
+        ('{"sdp": "v=0\\r\\nm=video 9 UDP/TLS/RTP/SAVPF 96\\r\\n", "type": "offer"}', "SDP was refused"),
+    ],
+)
+async def test_malformed_offer_is_a_400_with_one_line(body, message):
+    server = make_server()
+    async with serving(server) as (http, base):
+        async with http.post(f"{base}/offer", data=body) as response:
+            reply = await response.json()
+        assert response.status == 400
+        assert message in reply["error"] and "\n" not in reply["error"]
+        assert server.peers == {}
+
+
+async def test_offer_without_a_camera_is_refused_in_camera_mode():
+    server = make_server()
+    async with serving(server) as (http, base):
+        client = Client(http, base)
+        with pytest.raises(AssertionError, match="sends no video"):
+            await client.connect(picture=None)
+        await client.close(hang_up=False)
+        assert server.peers == {}
+
+
+async def test_unknown_peer_and_bad_size_are_400():
+    async with serving(make_server()) as (http, base):
+        async with http.get(f"{base}/stats", params={"peer": "nobody"}) as response:
+            assert response.status == 400 and "unknown peer" in (await response.json())["error"]
+        client = Client(http, base)
+        await client.connect()
+        status, reply = await client.post("/params", {"size": 100})
+        assert status == 400 and "multiple of 32" in reply["error"]
+        async with http.post(f"{base}/background", params={"peer": client.peer}, data=b"not a picture") as r:
+            assert r.status == 400 and "not a readable image" in (await r.json())["error"]
+        await client.close()
+
+
+async def test_page_and_script_are_served_locally():
+    async with serving(make_server()) as (http, base):
+        async with http.get(base + "/") as response:
+            page = await response.text()
+        assert response.status == 200 and "/static/app.js" in page and "http" not in page.split("<body>")[1]
+        async with http.get(base + "/static/app.js") as response:
+            assert response.status == 200 and "RTCPeerConnection" in await response.text()
+        async with http.get(base + "/config") as response:
+            config = await response.json()
+        assert config["mode"] == "camera" and config["composite"]["mode"] == "matte"
+
+
+def live_counts() -> tuple[int, set[str], int]:
+    """Tasks, kinds of threads and RTCPeerConnection objects alive now.
+
+    Pool threads ("asyncio_3", "streamer-compose_1") are counted by pool: pools are bounded and
+    reuse their threads, so a per-peer leak would show up as a new name, not a new index."""
+    gc.collect()
+    tasks = len(asyncio.all_tasks())
+    threads = {re.sub(r"_\d+$", "", thread.name) for thread in threading.enumerate()}
+    pcs = sum(type(o) is RTCPeerConnection for o in gc.get_objects())
+    return tasks, threads, pcs
+
+
+@pytest.mark.slow
+async def test_fifty_connect_disconnect_cycles_leak_nothing():
+    server = make_server()
+    async with serving(server) as (http, base):
+
+        async def cycle(n: int) -> None:
+            client = Client(http, base)
+            await client.connect()
+            await client.wait_frames(1)
+            # half hang up politely, half just drop the connection
+            await client.close(hang_up=n % 2 == 0)
+
+        await cycle(0)  # warm-up: thread pools and caches that live as long as the server
+        await asyncio.sleep(0.5)
+        before = live_counts()
+        for n in range(50):
+            await cycle(n)
+        deadline = time.monotonic() + 15
+        while (server.peers or live_counts() != before) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert server.peers == {}
+        assert server.worker.peers == 0
+        assert live_counts() == before
+
+
+async def test_preview_of_a_server_side_file(tmp_path):
+    from media import make_clip
+
+    from streamer.live.source_hub import SourceHub
+    from streamer.sources.open import open_source
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=10, size=(64, 48), fps=25, audio=False)
+    server = make_server(hub=SourceHub(lambda: open_source(str(clip))))
+    async with serving(server) as (http, base):
+        async with http.get(base + "/config") as response:
+            assert (await response.json())["mode"] == "source"
+        client = Client(http, base)
+        await client.connect(picture=None)
+        # 20 frames of a 10-frame clip: it loops; mode matte shows the clip's red channel
+        frames = await client.wait_frames(20)
+        assert frames[-1].shape == (48, 64, 3)
+        assert 20 < mean_rgb(frames[-1])[0] < 235
+        await client.close()
+    assert server.hub._thread is None
