@@ -1,0 +1,206 @@
+"""Swin Transformer v1 backbone with the parameter names of BiRefNet's `bb` (spec.md section 7).
+
+Tokens travel as (B, H, W, D) maps so that windowing is a view/permute, never a python loop.
+Two deviations from timm/torchvision Swin are deliberate, because the BiRefNet weights were
+trained with them: the shift is applied even when the padded map is a single window, and the
+zero tokens added by window padding are not masked out of attention.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    embed_dim: int
+    depths: tuple[int, ...]
+    heads: tuple[int, ...]
+    window: int
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(w*w, w*w) index into the (2w-1)^2 bias table for every pair of tokens of a window."""
+    rows = torch.arange(window).repeat_interleave(window)
+    cols = torch.arange(window).repeat(window)
+    d_row = rows[:, None] - rows[None, :] + (window - 1)
+    d_col = cols[:, None] - cols[None, :] + (window - 1)
+    return (d_row * (2 * window - 1) + d_col).to(torch.int64)
+
+
+def to_windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, Hp, Wp, D) -> (B, nW, w*w, D), windows and their tokens both row-major."""
+    b, hp, wp, d = x.shape
+    x = x.view(b, hp // window, window, wp // window, window, d)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, -1, window * window, d)
+
+
+def from_windows(x: torch.Tensor, window: int, hp: int, wp: int) -> torch.Tensor:
+    """Inverse of `to_windows`."""
+    b, d = x.shape[0], x.shape[-1]
+    x = x.view(b, hp // window, wp // window, window, window, d)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, d)
+
+
+@functools.lru_cache(maxsize=32)
+def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, dtype: torch.dtype):
+    """Additive (nW, 1, N, N) mask that keeps tokens from attending across the seams of the roll.
+
+    Cached per padded map size: it depends on no parameter, and every shifted block of a stage
+    (and every frame of a video) reuses it. The per-block relative-position bias is added at
+    call time instead of being cached with it, because the combined (nW, heads, N, N) tensors
+    of all blocks would cost over a gigabyte for Swin-L at 1024x1024.
+    """
+
+    def bands(n: int) -> torch.Tensor:
+        idx = torch.arange(n, device=device)
+        return (idx >= n - window).long() + (idx >= n - shift).long()
+
+    labels = 3 * bands(hp)[:, None] + bands(wp)[None, :]
+    labels = to_windows(labels[None, :, :, None], window)[0, :, :, 0]  # (nW, N)
+    different = labels[:, :, None] != labels[:, None, :]
+    mask = torch.zeros(different.shape, device=device, dtype=dtype)
+    return mask.masked_fill_(different, float("-inf"))[:, None]
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__()
+        self.heads = heads
+        self.window = window
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", relative_position_index(window))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def bias(self) -> torch.Tensor:
+        n = self.window * self.window
+        table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return table.view(n, n, self.heads).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, nW, N, D) windows; mask: additive (nW, 1, N, N) or None."""
+        b, nw, n, d = x.shape
+        qkv = self.qkv(x).view(b, nw, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, hd)
+        attn_mask = self.bias().to(x.dtype)
+        if mask is not None:
+            attn_mask = attn_mask + mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(2, 3).reshape(b, nw, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, shift: int):
+        super().__init__()
+        self.window = window
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, window)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, 4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, D)."""
+        _, h, w, _ = x.shape
+        win, s = self.window, self.shift
+        # Padding after the norm: padded tokens are exact zeros that still act as keys/values.
+        y = F.pad(self.norm1(x), (0, 0, 0, (-w) % win, 0, (-h) % win))
+        hp, wp = y.shape[1], y.shape[2]
+        mask = None
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+            mask = shift_mask(hp, wp, win, s, y.device, y.dtype)
+        y = from_windows(self.attn(to_windows(y, win), mask), win, hp, wp)
+        if s:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        x = x + y[:, :h, :w]
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h, w, _ = x.shape
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int, window: int, downsample: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, heads, window, shift=0 if j % 2 == 0 else window // 2) for j in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (features of this stage, input of the next stage)."""
+        for block in self.blocks:
+            x = block(x)
+        return x, (self.downsample(x) if self.downsample is not None else None)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, patch: int = 4):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(3, dim, patch, stride=patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, (-w) % self.patch, 0, (-h) % self.patch))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class SwinTransformer(nn.Module):
+    """Returns the four stage outputs (B, D_i, H/2^(i+2), W/2^(i+2)), each after its own LayerNorm."""
+
+    def __init__(self, cfg: SwinConfig):
+        super().__init__()
+        self.patch_embed = PatchEmbed(cfg.embed_dim)
+        last = len(cfg.depths) - 1
+        self.layers = nn.ModuleList(
+            SwinStage(dim, depth, heads, cfg.window, downsample=i < last)
+            for i, (dim, depth, heads) in enumerate(zip(cfg.dims, cfg.depths, cfg.heads, strict=True))
+        )
+        for i, dim in enumerate(cfg.dims):
+            self.add_module(f"norm{i}", nn.LayerNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            feats, x = stage(x)
+            outs.append(getattr(self, f"norm{i}")(feats).permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+SWIN_L = SwinConfig(embed_dim=192, depths=(2, 2, 18, 2), heads=(6, 12, 24, 48), window=12)
+SWIN_T = SwinConfig(embed_dim=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), window=7)
