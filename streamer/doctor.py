@@ -8,7 +8,6 @@ the line says how to add it.
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import os
 import platform
@@ -204,6 +203,8 @@ class VideoDevice:
 
 def _querycap(node: str) -> tuple[str, int] | None:
     """(driver, device caps) of a V4L2 node, or None when it cannot be opened or asked."""
+    import fcntl  # Unix only; this module is also imported on Windows
+
     try:
         fd = os.open(node, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:

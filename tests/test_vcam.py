@@ -126,7 +126,9 @@ def test_camera_is_fed_at_its_fps_when_writes_are_slower(fake_device):
     gaps = np.diff(stamps)
     assert abs(statistics.median(gaps) - 1 / fps) < 0.25 / fps
     assert sink.stats.repeated >= len(stamps) - 6 - 1
-    assert max(write_times) < 0.5 / fps, "write must not wait for the camera's pace"
+    # Waiting for the camera's pace would take up to a period per write. (Not max: pyvirtualcam's
+    # send holds the GIL during the write to the FUSE process, which a loaded machine can stretch.)
+    assert statistics.median(write_times) < 0.2 / fps, "write must not wait for the camera's pace"
 
 
 def test_file_mode_delivers_every_frame_once_at_the_camera_pace(fake_device):
