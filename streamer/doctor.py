@@ -23,8 +23,6 @@ OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CPU_ADVICE = "CPU only: live will be slow; use --variant lite --size 512x512"
 MODPROBE = "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=streamer"
 OBS_FIX = "install OBS Studio, start its Virtual Camera once and stop it again"
-WEIGHTS_FILE = "model.safetensors"
-FALLBACK_REPOS = {"portrait": "ZhengPeng7/BiRefNet-portrait", "lite": "ZhengPeng7/BiRefNet_lite"}
 DEFAULT_VARIANTS = ("portrait", "lite")
 CODECS = {
     "libx264": "H.264 .mp4 output (the default)",
@@ -144,48 +142,34 @@ def check_codecs() -> Iterator[Check]:
 # --- weights --------------------------------------------------------------------------------------
 
 
-def hf_cache_dir() -> Path:
-    """The hub cache huggingface_hub would use, read from the environment now (its constants are
-    fixed at import time, which tests and long-lived processes cannot change)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "huggingface" / "hub"
-
-
-def default_repos() -> dict[str, str]:
-    try:
-        from streamer.model.birefnet import VARIANTS
-
-        return {name: VARIANTS[name].repo_id for name in DEFAULT_VARIANTS if name in VARIANTS}
-    except Exception:  # the model package is optional for a doctor run
-        return dict(FALLBACK_REPOS)
-
-
 def check_weights(cache_dir: Path | None = None) -> Iterator[Check]:
-    cache = cache_dir or hf_cache_dir()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        from streamer.model.birefnet import VARIANTS
+        from streamer.model.weights import FILENAME, hub_cache_dir
+    except Exception as err:  # torch or huggingface_hub broken: reported by their own lines
+        yield Check(
+            "weights", WARN, f"cannot look for weights: {err}", "pip install -e . (reinstall streamer)"
+        )
+        return
+    cache = cache_dir or hub_cache_dir()
     existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
     if existing is None or not os.access(existing, os.W_OK):
         yield Check("hf cache", WARN, f"{cache} is not writable", "set HF_HOME to a writable folder")
     else:
         yield Check("hf cache", OK, f"{cache} (weights cache; HF_HOME moves it)")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except Exception:
-        yield Check("weights", WARN, "huggingface_hub is not importable", "pip install huggingface_hub")
-        return
-    for variant, repo in default_repos().items():
-        path = try_to_load_from_cache(repo, WEIGHTS_FILE, cache_dir=str(cache))
+    for variant in DEFAULT_VARIANTS:
+        repo = VARIANTS[variant].repo_id
+        path = try_to_load_from_cache(repo, FILENAME, cache_dir=str(cache))
         if isinstance(path, str):
             yield Check("weights", OK, f"{variant}: {repo} cached at {path}")
         else:
             yield Check(
                 "weights",
                 WARN,
-                f"{variant}: {repo}/{WEIGHTS_FILE} is not cached",
-                f"hf download {repo} {WEIGHTS_FILE}",
+                f"{variant}: {repo}/{FILENAME} is not cached (the first run downloads it)",
+                f"hf download {repo} {FILENAME}",
             )
 
 
