@@ -14,8 +14,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-DEFAULT_VIDEO_CODEC = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
-DEFAULT_AUDIO_CODEC = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".webm": "libopus"}
+DEFAULT_VIDEO_CODEC = {
+    ".mp4": "libx264",
+    ".mov": "libx264",
+    ".mkv": "libx264",
+    ".ts": "libx264",
+    ".webm": "libvpx-vp9",
+}
+DEFAULT_AUDIO_CODEC = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".ts": "aac", ".webm": "libopus"}
 SAMPLE_RATE = 48000
 
 
@@ -58,8 +64,12 @@ def make_clip(
     rotate: int | None = None,
     audio_codec: str | None = None,
     pix_fmt: str = "yuv420p",
+    options: dict[str, str] | None = None,
 ) -> Path:
-    """Write a clip of `frames` frames (`size` is width, height) and a sine tone as long as the video."""
+    """Write a clip of `frames` frames (`size` is width, height) and a sine tone as long as the video.
+
+    H.264 is encoded with preset ultrafast (no B-frames) unless `options` say otherwise.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     codec = codec or DEFAULT_VIDEO_CODEC[suffix]
@@ -71,7 +81,9 @@ def make_clip(
         video.width, video.height = size
         video.pix_fmt = pix_fmt
         video.codec_context.time_base = time_base
-        if codec == "libx264":
+        if options is not None:
+            video.options = options
+        elif codec == "libx264":
             video.options = {"preset": "ultrafast"}
         if rotate is not None:
             video.set_display_rotation(rotate)

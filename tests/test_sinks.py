@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,44 @@ def test_interrupted_job_leaves_playable_file_with_frames_so_far(vfr_clip, tmp_p
     assert video_end - AUDIO_PACKET_S <= duration <= video_end + 2 * AUDIO_PACKET_S
 
 
+def test_late_start_moves_video_and_audio_back_to_zero(tmp_path):
+    clip = make_clip(tmp_path / "late.ts", vfr=True)  # MPEG-TS: video starts after the audio priming
+    want = seconds(clip)
+    assert want[0] > 0.01
+    out = tmp_path / "late.mp4"
+    transcode(clip, out)
+    got = seconds(out)
+    np.testing.assert_allclose(got, np.array(want) - want[0], atol=1e-4)
+    in_packets, in_duration = count_audio(clip)
+    out_packets, out_duration = count_audio(out)
+    assert in_packets - 1 <= out_packets <= in_packets  # at most the packet before the first frame goes
+    assert out_duration == pytest.approx(in_duration - want[0], abs=AUDIO_PACKET_S)
+
+
+TIMINGS = {
+    # a webcam: microseconds, jitter, a large start (moved to 0)
+    "camera": (Fraction(1, 1_000_000), [5_000_000 + i * 33_333 + (i % 3) * 4_000 for i in range(12)]),
+    # NTSC film rate: a time base whose numerator is not 1
+    "ntsc": (Fraction(1001, 30000), list(range(12))),
+}
+
+
+@pytest.mark.parametrize("timing", TIMINGS)
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])
+def test_other_time_bases_keep_relative_timing(tmp_path, suffix, timing):
+    from streamer.sources.base import SourceInfo
+
+    tb, pts = TIMINGS[timing]
+    info = SourceInfo(width=64, height=48, fps=30.0, time_base=tb, frame_count=None, live=timing == "camera")
+    sink = open_sink(tmp_path / f"t{suffix}", info=info)
+    for i, p in enumerate(pts):
+        image = torch.from_numpy(pattern(i, SIZE))
+        sink.write(Frame(image=image, pts=p, time_base=tb, index=i, captured_at=0.0, output=image))
+    sink.close()
+    got = seconds(tmp_path / f"t{suffix}")
+    np.testing.assert_allclose(got, [float((p - pts[0]) * tb) for p in pts], atol=0.0011)
+
+
 def test_no_audio_when_turned_off_or_absent(vfr_clip, tmp_path):
     transcode(vfr_clip, tmp_path / "mute.mp4", audio=False)
     assert count_audio(tmp_path / "mute.mp4") == (0, 0.0)
@@ -200,6 +239,21 @@ def test_unwritable_folder_is_one_line_error(vfr_clip, tmp_path, name):
     with pytest.raises(MediaError) as excinfo:
         open_sink(f"{blocker}/{name}", info=open_source(str(vfr_clip)).info)
     assert one_line_error(excinfo).startswith("cannot write to folder")
+
+
+def test_unreadable_audio_source_fails_cleanly(tmp_path):
+    from streamer.sources.base import SourceInfo
+
+    info = SourceInfo(64, 48, 25.0, Fraction(1, 25), 3, False, audio_path=str(tmp_path / "gone.mp4"))
+    sink = open_sink(tmp_path / "a.mp4", info=info)
+    image = torch.from_numpy(pattern(0, SIZE))
+    with pytest.raises(MediaError) as excinfo:
+        sink.write(
+            Frame(image=image, pts=0, time_base=Fraction(1, 25), index=0, captured_at=0.0, output=image)
+        )
+    assert "gone.mp4" in one_line_error(excinfo)
+    sink.close()
+    assert not (tmp_path / "a.mp4").exists()
 
 
 def test_close_is_idempotent_and_empty_sink_writes_nothing(vfr_clip, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 from media import make_clip, one_line_error, pattern, read_video, square_position, truncate
@@ -51,6 +52,18 @@ def test_variable_frame_rate_pts_come_from_the_file(clips):
     gaps = np.round(np.diff(seconds), 4)
     assert len(frames) == 30
     assert set(gaps.tolist()) == {0.04, 0.08, 0.12}  # not synthesised from the index
+
+
+def test_b_frames_come_out_in_presentation_order(tmp_path):
+    clip = make_clip(tmp_path / "b.mp4", frames=24, audio=False, options={"preset": "medium", "bf": "3"})
+    with av.open(str(clip)) as container:  # the clip really has frames stored out of order
+        dts_order = [p.pts for p in container.demux(container.streams.video[0]) if p.pts is not None]
+    assert dts_order != sorted(dts_order)
+    frames = list(open_source(str(clip)).frames())
+    assert [f.pts for f in frames] == sorted(dts_order)
+    assert [square_position(f.image.numpy()) for f in frames] == [
+        square_position(pattern(i, (64, 48))) for i in range(24)
+    ]
 
 
 def test_no_audio_stream_means_no_audio_path(clips):

@@ -3,7 +3,8 @@
 The sink calls `advance(t)` after each video frame: audio is demuxed from the source file
 and muxed up to time `t` only, so memory stays flat and an interrupted job has the audio up
 to its last frame. Packets are copied when the container takes the codec, else decoded and
-re-encoded (AAC -> Opus for WebM).
+re-encoded (AAC -> Opus for WebM). `origin` (seconds) is the source time the sink made 0:
+audio moves back with the video, and packets that end before it are dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TRANSCODE_TO = {"webm": "libopus", "mp4": "aac", "mov": "aac", "matroska": "libo
 
 
 class AudioCarrier:
-    def __init__(self, source: str, out: av.container.OutputContainer) -> None:
+    def __init__(self, source: str, out: av.container.OutputContainer, origin: float = 0.0) -> None:
         try:
             self._input = av.open(source)
         except (av.error.FFmpegError, OSError) as err:
@@ -30,6 +31,8 @@ class AudioCarrier:
                 f"cannot read the audio of {source}: {err} (check the input file, or turn audio off for this output)"
             ) from err
         self._in_stream = self._input.streams.audio[0]
+        self._shift = round(origin / self._in_stream.time_base)
+        """`origin` in the source's audio time base."""
         self._out = out
         codec = self._in_stream.codec_context.name
         self.copy = codec in out.supported_codecs
@@ -49,8 +52,13 @@ class AudioCarrier:
 
     def _demux(self) -> Iterator[av.Packet]:
         for packet in self._input.demux(self._in_stream):
-            if packet.dts is not None and packet.pts is not None:  # the last one is an empty flush packet
-                yield packet
+            if packet.dts is None or packet.pts is None:  # the last one is an empty flush packet
+                continue
+            if self._shift and packet.pts + packet.duration <= self._shift:
+                continue  # audio from before the first video frame
+            packet.pts -= self._shift
+            packet.dts -= self._shift
+            yield packet
 
     def advance(self, until: float) -> None:
         """Mux every audio packet that starts before `until` seconds (source timeline)."""

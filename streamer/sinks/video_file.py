@@ -3,7 +3,9 @@
 The container and encoder are created at the first frame, when its size and channel count
 (1 matte, 3 RGB, 4 RGBA) are known. Frames keep their timing: the encoder's time base is
 the source's, pts pass through unchanged (variable frame rate kept) and the muxer rescales
-them to the container's own time base. RGBA into .mp4 is composited over black (H.264 has
+them to the container's own time base. Only a late start is removed: when the first frame's
+pts is above 0 (an RTSP camera, an MPEG-TS file) video and audio are both moved back by it,
+as FFmpeg does, so players do not show a long empty lead-in. RGBA into .mp4 is composited over black (H.264 has
 no alpha) with a warning. The output is written in place; `close()` flushes the encoder and
 writes the trailer, so an interrupted job leaves a playable file with every frame so far.
 """
@@ -22,7 +24,7 @@ import numpy as np
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.audio import AudioCarrier
-from streamer.sinks.paths import check_output_file, output_array
+from streamer.sinks.paths import check_output_file, output_array, remove_quietly
 from streamer.sources.base import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,8 @@ class VideoFileSink:
         self._audio: AudioCarrier | None = None
         self._channels = 0
         self._time_base = Fraction(1, 1)
+        self._origin = 0
+        """Source pts (encoder time base) that becomes 0 in the output."""
         self._last_pts: int | None = None
         self._last_step = 0
         self._closed = False
@@ -159,10 +163,25 @@ class VideoFileSink:
             )
         self._channels = channels
         self._time_base = frame.time_base or self.info.time_base
+        self._origin = max(0, frame.pts or 0)
         try:
             self._out = av.open(str(self.path), "w")
         except (av.error.FFmpegError, OSError) as err:
             raise MediaError(f"cannot create {self.path}: {err} (choose another output path)") from err
+        try:
+            self._stream = self._add_video(width, height, channels)
+            if self.params.audio and self.info.audio_path:
+                self._audio = AudioCarrier(
+                    self.info.audio_path, self._out, origin=self._seconds(self._origin)
+                )
+        except BaseException:
+            # Nothing was written yet: leave no header-less file behind.
+            self._out.close()
+            self._out = None
+            remove_quietly(self.path)
+            raise
+
+    def _add_video(self, width: int, height: int, channels: int) -> av.video.stream.VideoStream:
         stream = self._out.add_stream(self.format.codec)
         stream.width, stream.height = width, height
         stream.pix_fmt = self.format.pix_fmts[channels]
@@ -175,9 +194,7 @@ class VideoFileSink:
             ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1  # BT.709, as converted in _to_av
             ctx.color_range = 1  # limited ("MPEG") range
         stream.options = codec_options(self.format, channels, self.params)
-        self._stream = stream
-        if self.params.audio and self.info.audio_path:
-            self._audio = AudioCarrier(self.info.audio_path, self._out)
+        return stream
 
     def _next_pts(self, frame: Frame) -> int:
         """The frame's pts in the encoder's time base, strictly increasing (encoders refuse repeats)."""
@@ -186,6 +203,7 @@ class VideoFileSink:
             pts = 0 if self._last_pts is None else self._last_pts + step
         else:
             pts = round(frame.pts * frame.time_base / self._time_base) if frame.time_base else frame.pts
+            pts -= self._origin
         if self._last_pts is not None:
             if pts <= self._last_pts:
                 log.warning(

@@ -72,7 +72,7 @@ class VideoSource:
         self.params = params or VideoSourceParams()
         scheme = scheme_of(url)
         network = scheme is not None and scheme != "file"
-        if not network and not Path(url).exists():
+        if scheme is None and not Path(url).exists():
             raise MediaError(f"input not found: {url} (check the path)")
         self._container = self._open(network)
         if not self._container.streams.video:
