@@ -49,7 +49,8 @@ def open_output(spec: str, info, config: JobConfig):
     if spec == "vcam":
         from streamer.sinks.vcam import open_vcam
 
-        return open_vcam(config.vcam, width=info.width, height=info.height, fps=info.fps)
+        # A file played into the camera keeps every frame; a live source feeds the latest one.
+        return open_vcam(config.vcam, width=info.width, height=info.height, fps=info.fps, every_frame=not info.live)
     from streamer.sinks.open import open_sink
 
     return open_sink(spec, info=info, overwrite=config.output.overwrite, crf=config.output.crf)
