@@ -39,33 +39,38 @@ def build_server(config: JobConfig, source: str | None = None, engine=None) -> L
 
     The source is opened before the model is loaded, so a wrong path fails at once.
     """
-    from streamer.compose.compositor import Compositor
-    from streamer.engine import MattingEngine
-    from streamer.smoothing import TemporalSmoother
-
     hub = None
     if source is not None:
         from streamer.sources.open import open_source
 
         hub = SourceHub(lambda: open_source(source))
     try:
-        if engine is None:
-            engine = MattingEngine.from_params(config.model)
+        engine = engine if engine is not None else load_engine(config.model)
     except BaseException:
         if hub is not None:
             hub.close_now()
         raise
-    device = engine.device
 
     def resize(size: tuple[int, int]):
         # A new size means a new engine (weights reloaded): the change reaches every peer.
-        return MattingEngine.from_params(dataclasses.replace(config.model, size=size))
-
-    def make_finisher() -> Finisher:
-        return Finisher(TemporalSmoother(config.smoothing, device), Compositor(config.composite, device))
+        return load_engine(dataclasses.replace(config.model, size=size))
 
     worker = InferenceWorker(engine, resize=resize, size=tuple(config.model.size))
-    return LiveServer(worker, make_finisher, hub=hub)
+    return LiveServer(worker, finisher_factory(config.composite, config.smoothing, engine.device), hub=hub)
+
+
+def load_engine(params):
+    from streamer.engine import MattingEngine
+
+    return MattingEngine.from_params(params)
+
+
+def finisher_factory(composite, smoothing, device):
+    """Makes each peer's own smoother and compositor, starting from the server's settings."""
+    from streamer.compose.compositor import Compositor
+    from streamer.smoothing import TemporalSmoother
+
+    return lambda: Finisher(TemporalSmoother(smoothing, device), Compositor(composite, device))
 
 
 def serve(params: ServeParams, config: JobConfig) -> int:

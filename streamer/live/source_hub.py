@@ -108,7 +108,8 @@ class SourceHub:
             if self._stop.is_set():
                 return
             if interval:
-                due += interval
+                # Real-time pace; after a stall (slow decode) start again from now instead of rushing.
+                due = max(due + interval, time.monotonic() - 1.0)
                 self._stop.wait(max(0.0, due - time.monotonic()))
             now = time.monotonic()
             frame.captured_at = now

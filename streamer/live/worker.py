@@ -34,7 +34,12 @@ class WorkerStats:
     frames: int = 0
     last_batch_size: int = 0
     last_infer_s: float = 0.0
+    total_infer_s: float = 0.0
     max_batch_size: int = 0
+
+    @property
+    def mean_infer_s(self) -> float:
+        return self.total_infer_s / self.batches if self.batches else 0.0
 
 
 class WorkerSlot:
@@ -230,6 +235,7 @@ class InferenceWorker:
         stats.last_batch_size = batch_size
         stats.max_batch_size = max(stats.max_batch_size, batch_size)
         stats.last_infer_s = seconds
+        stats.total_infer_s += seconds
 
     def _call_soon(self, fn, *args) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more

@@ -142,7 +142,8 @@ async function init() {
   $("mode").textContent = state.config.mode === "camera" ? "(your camera)" : "(server source preview)";
   fillChoices($("composite-mode"), modes || [composite.mode], composite.mode);
   if (composite.color) $("composite-color").value = "#" + composite.color.map((v) => v.toString(16).padStart(2, "0")).join("");
-  if (composite.blur !== undefined) $("composite-blur").value = composite.blur;
+  if (composite.blur_radius !== undefined) $("composite-blur_radius").value = composite.blur_radius;
+  $("composite-mirror").checked = Boolean(composite.mirror);
   if (smoothing) {
     $("smoothing-enabled").checked = smoothing.enabled;
     $("smoothing-strength").value = smoothing.strength;

@@ -1,0 +1,287 @@
+"""Live latency of `streamer serve`: a paced synthetic camera through the shared worker.
+
+Two paths, each at every frame size asked for:
+
+- direct: frames go straight into a peer (worker slot -> smoothing + compositing -> the
+  latest-frame output track), and the track is pulled the way aiortc's sender pulls it;
+  latency = capture -> pulled from the track.
+- webrtc: an in-process aiortc client sends the synthetic track (VP8) to the real aiohttp app
+  over loopback and receives the composited video back; latency = handed to the client's
+  sender -> decoded by the client. The client keeps a map pts -> send time and reads the pts
+  the server copied onto the returned frame (aiortc adds a random RTP timestamp origin per
+  sender; the benchmark fixes it at 0 so the pts comes back unchanged).
+
+Both report latency p50/p95, delivered fps, drops, mean inference time and the largest depth
+seen of each hand-over point (slot waiting/in flight/result, output track), whose bounds are 1.
+Target: p95 <= inference time + 2 frame intervals. Weights: the deterministic recipe (speed
+does not depend on weight values). Usage:
+    python scripts/bench_live.py --frame-sizes 640x480,1280x720 --model-size 256 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp  # noqa: E402
+import aioice.ice  # noqa: E402
+import aiortc.rtcrtpsender  # noqa: E402
+from aiohttp import web  # noqa: E402
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack  # noqa: E402
+from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from av import VideoFrame  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from streamer.config import load_config, parse_size  # noqa: E402
+from streamer.frame import Frame  # noqa: E402
+from streamer.live.peer import PeerSession  # noqa: E402
+from streamer.live.serve import build_server  # noqa: E402
+from streamer.live.stats import percentile  # noqa: E402
+from streamer.model.recipe import make_state_dict  # noqa: E402
+
+CLOCK = Fraction(1, 90000)
+
+
+def synthetic_frames(size: tuple[int, int], count: int = 30) -> list[np.ndarray]:
+    """A gradient room with a moving head-and-shoulders blob: something for VP8 and the model."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 200, y / height * 160 + 40, np.full_like(x, 90)], -1)
+    frames = []
+    for i in range(count):
+        cx = width * (0.5 + 0.2 * np.sin(2 * np.pi * i / count))
+        person = ((x - cx) / (0.18 * width)) ** 2 + ((y - 0.45 * height) / (0.22 * height)) ** 2 < 1
+        person |= (np.abs(x - cx) < 0.3 * width) & (y > 0.62 * height)
+        image = base.copy()
+        image[person] = (220, 180, 150)
+        frames.append(image.astype(np.uint8))
+    return frames
+
+
+class Depths:
+    """Largest depth seen at each hand-over point of a peer, sampled every few ms."""
+
+    def __init__(self) -> None:
+        self.max = {"waiting": 0, "in_flight": 0, "result": 0, "track": 0}
+
+    def sample(self, peer: PeerSession) -> None:
+        slot = peer.slot
+        now = {
+            "waiting": int(slot._waiting is not None),
+            "in_flight": int(slot.busy),
+            "result": int(slot._result is not None),
+            "track": int(peer.track._fresh.is_set()),
+        }
+        for key, value in now.items():
+            self.max[key] = max(self.max[key], value)
+
+    async def watch(self, peers) -> None:
+        while True:
+            for peer in list(peers()):
+                self.sample(peer)
+            await asyncio.sleep(0.005)
+
+
+def row(path, size, duration, latencies, delivered, dropped, infer_s, fps, depths) -> dict:
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    target = infer_s + 2 / fps
+    return {
+        "path": path,
+        "frame": f"{size[0]}x{size[1]}",
+        "seconds": round(duration),
+        "p50_ms": round(p50 * 1000) if p50 is not None else None,
+        "p95_ms": round(p95 * 1000) if p95 is not None else None,
+        "target_ms": round(target * 1000),
+        "met": "yes" if p95 is not None and p95 <= target else "no",
+        "fps_out": round(delivered / duration, 2),
+        "drops": dropped,
+        "infer_ms": round(infer_s * 1000),
+        "max_depth": "/".join(str(v) for v in depths.max.values()),
+    }
+
+
+async def paced(fps: float, duration: float):
+    """Yield frame numbers on a 1/fps grid for `duration` seconds (skipping none)."""
+    start = time.monotonic()
+    n = 0
+    while (due := start + n / fps) < start + duration:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        yield n
+        n += 1
+
+
+async def bench_direct(server, size, duration, fps) -> dict:
+    pictures = [torch.from_numpy(p) for p in synthetic_frames(size)]
+    await server._startup(None)
+    peer = PeerSession(RTCPeerConnection(), server.worker, server.make_finisher(), server.executor)
+    latencies: list[float] = []
+    peer.track._on_sent = latencies.append
+
+    async def camera():
+        async for n in paced(fps, duration):
+            yield Frame(pictures[n % len(pictures)], n * 3000, CLOCK, n, time.monotonic())
+
+    async def sender():  # pulls like aiortc's RTCRtpSender
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await peer.track.recv()
+
+    depths = Depths()
+    watcher = asyncio.ensure_future(depths.watch(lambda: [peer]))
+    pull = asyncio.ensure_future(sender())
+    started = time.monotonic()
+    await peer._read_frames(camera())
+    elapsed = time.monotonic() - started
+    watcher.cancel()
+    delivered, dropped = peer.track.sent, peer.slot.dropped + peer.track.dropped
+    await peer.close()
+    pull.cancel()
+    infer = server.worker.stats.mean_infer_s
+    await server._cleanup(None)
+    return row("direct", size, elapsed, latencies, delivered, dropped, infer, fps, depths)
+
+
+class StampedTrack(VideoStreamTrack):
+    """The synthetic camera as a WebRTC track; remembers when each pts was handed over."""
+
+    def __init__(self, size, fps: float) -> None:
+        super().__init__()
+        self.pictures = synthetic_frames(size)
+        self.fps = fps
+        self.sent_at: dict[int, float] = {}
+        self.n = 0
+        self.start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self.start is None:
+            self.start = time.monotonic()
+        due = self.start + self.n / self.fps
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        frame = VideoFrame.from_ndarray(self.pictures[self.n % len(self.pictures)], format="rgb24")
+        frame.pts, frame.time_base = self.n * 3000, CLOCK
+        self.sent_at[frame.pts] = time.monotonic()
+        self.n += 1
+        return frame
+
+
+def fixed_rtp_origin() -> None:
+    """Make aiortc's per-sender RTP timestamp origin 0, so pts survive both hops unchanged."""
+    real = aiortc.rtcrtpsender.random32
+
+    def random32() -> int:
+        return 0 if sys._getframe(1).f_code.co_name == "_run_rtp" else real()
+
+    aiortc.rtcrtpsender.random32 = random32
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+async def bench_webrtc(server, size, duration, fps) -> dict:
+    runner = web.AppRunner(server.build())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    pc = RTCPeerConnection()
+    track = StampedTrack(size, fps)
+    pc.addTrack(track)
+    latencies: list[float] = []
+    received = 0
+
+    async def receive(remote) -> None:
+        nonlocal received
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await remote.recv()
+                sent = track.sent_at.pop(frame.pts, None)
+                if sent is not None:
+                    latencies.append(time.monotonic() - sent)
+                    received += 1
+
+    readers = []
+    pc.on("track", lambda remote: readers.append(asyncio.ensure_future(receive(remote))))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        async with http.post(f"{base}/offer", json=offer) as response:
+            answer = await response.json()
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        depths = Depths()
+        watcher = asyncio.ensure_future(depths.watch(server.peers.values))
+        await asyncio.sleep(duration)
+        watcher.cancel()
+        async with http.get(f"{base}/stats", params={"peer": answer["peer"]}) as response:
+            stats = await response.json()
+    # Frames sent but never returned: dropped somewhere (server slot, output track, or network).
+    lost = track.n - received
+    infer = server.worker.stats.mean_infer_s
+    await pc.close()
+    for reader in readers:
+        reader.cancel()
+    await runner.cleanup()
+    result = row("webrtc", size, duration, latencies, received, lost, infer, fps, depths)
+    result["drops"] = f"{lost} ({stats['dropped']} server)"
+    return result
+
+
+def make_server(args, weights: Path):
+    model = {"variant": args.variant, "weights": str(weights), "size": args.model_size, "device": args.device}
+    config = load_config(None, {"model": model, "composite": {"mode": args.mode}})
+    return build_server(config)
+
+
+def print_table(rows: list[dict]) -> None:
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print(" | ".join(k.ljust(widths[k]) for k in keys))
+    print("-|-".join("-" * widths[k] for k in keys))
+    for r in rows:
+        print(" | ".join(str(r[k]).ljust(widths[k]) for k in keys))
+
+
+async def main_async(args, weights: Path) -> list[dict]:
+    rows = []
+    for path in args.paths.split(","):
+        for size in args.frame_sizes:
+            server = make_server(args, weights)
+            bench = bench_direct if path == "direct" else bench_webrtc
+            # Warm the model first so the first batch's start-up cost is not in the figures.
+            server.worker.engine.predict(torch.zeros(size[1], size[0], 3, dtype=torch.uint8))
+            rows.append(await bench(server, size, args.duration, args.fps))
+            print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frame-sizes", default="640x480,1280x720", help="camera sizes WxH, comma-separated")
+    parser.add_argument("--model-size", default="256", help="model input size (HxW or N)")
+    parser.add_argument("--variant", default="lite")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", default="blur", help="composite mode")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--paths", default="direct,webrtc", help="direct, webrtc or both")
+    args = parser.parse_args()
+    args.frame_sizes = [tuple(int(v) for v in s.split("x")) for s in args.frame_sizes.split(",")]
+    args.model_size = parse_size(args.model_size)
+    fixed_rtp_origin()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / f"{args.variant}.safetensors"
+        save_file(make_state_dict(args.variant), str(weights))
+        rows = asyncio.run(main_async(args, weights))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

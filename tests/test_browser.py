@@ -1,0 +1,142 @@
+"""The live page in a real Chromium: camera -> `streamer serve` -> composited video back.
+
+Chromium's fake camera feeds getUserMedia; the result <video> is drawn into a canvas and its
+pixels are read back. Uses Debian's /usr/bin/chromium (never `playwright install`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    ),
+]
+
+# Mean colour of the result <video>, drawn into a canvas; null until a frame has been decoded.
+READ_PIXELS = """() => {
+  const video = document.getElementById("result");
+  if (video.readyState < 2 || !video.videoWidth) return null;
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(video, 0, 0);
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < data.length; i += 4) for (let c = 0; c < 3; c++) sum[c] += data[i + c];
+  const n = data.length / 4;
+  return { width: canvas.width, height: canvas.height, mean: sum.map((s) => s / n) };
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(recipe_weights, tmp_path):
+    """A real `streamer serve` process: lite recipe weights at 64x64, starting in mode color magenta."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "streamer",
+        "serve",
+        "--port",
+        str(port),
+        "--variant",
+        "lite",
+        "--weights",
+        str(recipe_weights("lite")),
+        "--size",
+        "64",
+        "--device",
+        "cpu",
+        "--mode",
+        "color",
+        "--color",
+        "magenta",
+        "--smoothing",
+        "off",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    log = (tmp_path / "serve.log").open("w+")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            log.seek(0)
+            assert process.poll() is None, f"streamer serve exited: {log.read()}"
+            assert time.monotonic() < deadline, "streamer serve did not start in 60 s"
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    try:
+        assert process.wait(timeout=15) == 0, "streamer serve did not shut down cleanly"
+    finally:
+        process.kill()
+        log.close()
+
+
+def test_page_connects_and_shows_the_composite(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS
+        )
+        try:
+            page = context.new_page()
+            page.goto(server)
+            page.wait_for_function("window.streamer && window.streamer.state.config !== null")
+            page.click("#start")
+            page.wait_for_function(
+                "document.getElementById('status').textContent === 'connected'", timeout=20000
+            )
+            # Full background whatever the matte: every pixel must be the chosen magenta.
+            page.wait_for_function(f"({READ_PIXELS})() !== null", timeout=20000)
+            page.wait_for_timeout(1000)
+            pixels = page.evaluate(READ_PIXELS)
+            assert (pixels["width"], pixels["height"]) == (640, 480)
+            red, green, blue = pixels["mean"]
+            assert red > 220 and green < 35 and blue > 220, pixels
+            # A control change reaches this peer without reconnecting.
+            page.evaluate("window.streamer.sendControls({composite: {color: '#00ffff'}})")
+            page.wait_for_timeout(1500)
+            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
+            assert red < 35 and green > 220 and blue > 220
+            page.wait_for_function("document.querySelector('[data-stat=fps]')?.textContent > 0")
+            page.click("#stop")
+            page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+        finally:
+            context.close()
