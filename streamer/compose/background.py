@@ -1,0 +1,127 @@
+"""Backgrounds for composites: a solid colour, an image, or a video looped by time.
+
+Each is loaded once; `frame(h, w, t, device)` returns float (h, w, 3) in [0, 1] on `device`,
+scaled to cover the output and centre-cropped, and cached per output size (a still background
+costs nothing per frame).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamer.errors import MediaError
+
+
+def cover(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (h, w, 3): scaled to cover h x w (aspect kept), centre-cropped."""
+    src_h, src_w = image.shape[:2]
+    scale = max(h / src_h, w / src_w)
+    new_h, new_w = max(h, math.ceil(src_h * scale - 1e-6)), max(w, math.ceil(src_w * scale - 1e-6))
+    x = image.permute(2, 0, 1)[None].to(torch.float32) / 255.0
+    if (new_h, new_w) != (src_h, src_w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (new_h - h) // 2, (new_w - w) // 2
+    return x[0, :, top : top + h, left : left + w].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
+class SolidBackground:
+    def __init__(self, color: tuple[int, int, int]):
+        self.color = tuple(color)
+        self._cache: dict = {}
+
+    def frame(self, h: int, w: int, t: float, device: torch.device) -> torch.Tensor:
+        key = (h, w, str(device))
+        if key not in self._cache:
+            rgb = torch.tensor(self.color, dtype=torch.float32, device=device) / 255.0
+            self._cache = {key: rgb.expand(h, w, 3)}
+        return self._cache[key]
+
+
+class ImageBackground:
+    def __init__(self, path: str | Path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                self.image = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+        except (OSError, UnidentifiedImageError) as err:
+            raise MediaError(
+                f"cannot read background image: {path} (pass --background PATH to a PNG or JPEG)"
+            ) from err
+        self._cache: dict = {}
+
+    def frame(self, h: int, w: int, t: float, device: torch.device) -> torch.Tensor:
+        key = (h, w, str(device))
+        if key not in self._cache:
+            self._cache = {key: cover(self.image.to(device), h, w)}
+        return self._cache[key]
+
+
+class VideoBackground:
+    """Decodes lazily, in presentation order, on the caller's thread; loops by time."""
+
+    def __init__(self, path: str | Path):
+        import av
+
+        self.path = str(path)
+        try:
+            self._container = av.open(self.path)
+            self._stream = self._container.streams.video[0]
+        except (av.FFmpegError, IndexError, OSError) as err:
+            raise MediaError(
+                f"cannot read background video: {path} (pass --background PATH to a video file)"
+            ) from err
+        self.duration: float | None = None
+        self._restart()
+        self._current: tuple[float, np.ndarray] | None = None
+        self._next = self._decode_next()
+        if self._next is None:
+            raise MediaError(
+                f"background video has no frames: {path} (pass --background PATH to another video)"
+            )
+        self._cache: tuple | None = None
+
+    def _restart(self) -> None:
+        self._container.seek(0)
+        self._frames = self._container.decode(self._stream)
+
+    def _decode_next(self) -> tuple[float, np.ndarray] | None:
+        for frame in self._frames:
+            when = float(frame.time) if frame.time is not None else 0.0
+            return when, frame.to_ndarray(format="rgb24")
+        return None
+
+    def _rewind(self) -> None:
+        self._restart()
+        self._current, self._next = None, self._decode_next()
+
+    def _at(self, t: float) -> tuple[float, np.ndarray]:
+        if self.duration:
+            t = t % self.duration
+        if self._current is not None and t < self._current[0]:
+            self._rewind()
+        while self._next is not None and (self._current is None or self._next[0] <= t):
+            self._current, self._next = self._next, self._decode_next()
+        if self._next is None and self.duration is None:
+            # End reached: the loop length is the last frame's time plus one frame.
+            rate = float(self._stream.average_rate or 25)
+            self.duration = self._current[0] + 1.0 / rate
+            if t >= self.duration:
+                self._rewind()
+                return self._at(t)
+        return self._current
+
+    def frame(self, h: int, w: int, t: float, device: torch.device) -> torch.Tensor:
+        when, pixels = self._at(t)
+        key = (when, h, w, str(device))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, cover(torch.from_numpy(pixels).to(device), h, w))
+        return self._cache[1]
+
+    def close(self) -> None:
+        self._container.close()

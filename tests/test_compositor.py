@@ -1,0 +1,148 @@
+"""Compositor: push (image, alpha) in, check the picture that comes out."""
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from streamer.compose.compositor import CompositeParams, Compositor
+from streamer.compose.edges import feather, gamma, grow, threshold
+from streamer.errors import ConfigError
+
+H, W = 40, 60
+
+
+def subject() -> tuple[torch.Tensor, torch.Tensor]:
+    """A white square (alpha 1) on a grey textured frame (alpha 0)."""
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(60, 120, (H, W, 3), generator=gen, dtype=torch.uint8)
+    alpha = torch.zeros(H, W)
+    alpha[10:30, 20:40] = 1.0
+    image[10:30, 20:40] = 255
+    return image, alpha
+
+
+def compose(image, alpha, t=0.0, **kwargs):
+    out = Compositor(CompositeParams(**kwargs), "cpu")(image, alpha, t)
+    assert out.dtype == torch.uint8 and out.device.type == "cpu"
+    return out
+
+
+def test_matte_mode_is_the_alpha():
+    alpha = torch.linspace(0, 1, H * W).reshape(H, W)
+    out = compose(torch.zeros(H, W, 3, dtype=torch.uint8), alpha, mode="matte")
+    assert out.shape == (H, W, 1)
+    assert torch.equal(out[..., 0], (alpha * 255 + 0.5).to(torch.uint8))
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_green_screen_by_default(refine):
+    image, alpha = subject()
+    out = compose(image, alpha, refine_foreground=refine)
+    assert out.shape == (H, W, 3)
+    assert (out[alpha == 0] == torch.tensor([0, 255, 0], dtype=torch.uint8)).all()
+    assert (out[alpha == 1].int() - 255).abs().max() <= 1
+
+
+def test_rgba_is_straight_alpha():
+    image, alpha = subject()
+    alpha[0, 0] = 0.5
+    out = compose(image, alpha, mode="rgba", refine_foreground=False)
+    assert out.shape == (H, W, 4)
+    assert torch.equal(out[..., :3], image)
+    assert out[0, 0, 3] == 128 and out[15, 25, 3] == 255 and out[0, 1, 3] == 0
+
+
+def test_image_background_covers_and_centre_crops(tmp_path):
+    wide = np.zeros((H, 2 * W, 3), np.uint8)
+    wide[:, :W] = (255, 0, 0)  # the centre W columns: left half red, right half blue
+    wide[:, W:] = (0, 0, 255)
+    wide[:, : W // 2] = (0, 255, 0)  # cropped away on both sides
+    wide[:, W + W // 2 :] = (255, 255, 0)
+    path = tmp_path / "bg.png"
+    Image.fromarray(wide).save(path)
+    out = compose(*subject(), mode="image", background=str(path), refine_foreground=False)
+    assert out[0, 0].tolist() == [255, 0, 0] and out[0, W - 1].tolist() == [0, 0, 255]
+    assert out[20, 30].tolist() == [255, 255, 255]
+
+
+def write_video(path, colours, fps=10):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "rgb24"
+        for colour in colours:
+            frame = av.VideoFrame.from_ndarray(np.full((16, 32, 3), colour, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def test_video_background_loops_by_time(tmp_path):
+    path = tmp_path / "bg.mov"
+    red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    write_video(path, [red, green, blue])
+    compositor = Compositor(CompositeParams(mode="video", background=str(path), refine_foreground=False))
+    image, alpha = torch.zeros(H, W, 3, dtype=torch.uint8), torch.zeros(H, W)
+    seen = [tuple(compositor(image, alpha, t)[5, 5].tolist()) for t in (0.0, 0.15, 0.25, 0.35, 0.45, 0.05)]
+    assert seen == [red, green, blue, red, green, red]
+
+
+def test_blur_does_not_smear_the_subject_into_the_background():
+    image, alpha = subject()
+    out = compose(image, alpha, mode="blur", blur_radius=8, refine_foreground=False)
+    ring = torch.zeros(H, W, dtype=torch.bool)
+    ring[6:34, 16:44] = True
+    ring[10:30, 20:40] = False
+    naive = torch.nn.functional.avg_pool2d(image.permute(2, 0, 1)[None].float(), 17, 1, 8)[0].permute(1, 2, 0)
+    assert out[ring].float().mean() < 100  # the grey background, not lightened by the white subject
+    assert naive[ring].mean() > 125
+    assert (out[alpha == 1] == 255).all()
+
+
+def test_mirror_flips_the_subject_not_the_background(tmp_path):
+    image, alpha = subject()
+    alpha[:, :5] = 1.0
+    plain = compose(image, alpha, refine_foreground=False)
+    mirrored = compose(image, alpha, refine_foreground=False, mirror=True)
+    assert torch.equal(mirrored, plain.flip(1))
+
+
+def test_alpha_of_another_size_is_resized_and_params_are_live():
+    image, alpha = subject()
+    compositor = Compositor(CompositeParams(mode="matte"))
+    small = torch.nn.functional.interpolate(alpha[None, None], size=(H // 2, W // 2))[0, 0]
+    assert compositor(image, small, 0.0).shape == (H, W, 1)
+    compositor.params = CompositeParams(mode="color", color=(10, 20, 30), refine_foreground=False)
+    assert compositor(image, alpha, 0.0)[0, 0].tolist() == [10, 20, 30]
+
+
+def test_edge_controls():
+    alpha = torch.tensor([[0.0, 0.2, 0.6, 1.0]]).repeat(5, 1)
+    assert threshold(alpha, 0.5)[0].tolist() == [0, 0, 1, 1]
+    assert gamma(alpha, 2.0)[0, 1] == pytest.approx(0.04)
+    dot = torch.zeros(9, 9)
+    dot[4, 4] = 1.0
+    assert grow(dot, 1).sum() == 9 and grow(grow(dot, 1), -1).sum() == 1
+    soft = feather(threshold(torch.linspace(0, 1, 20).repeat(20, 1), 0.5), 4)
+    assert 0 < soft[10, 10] < 1 and soft[10, 0] == 0 and soft[10, 19] == 1
+    out = compose(*subject(), mode="matte", grow=2)
+    assert (out[..., 0] > 0).sum() == 24 * 24
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "foo"}, "composite.mode: 'foo' is not one of matte, rgba, color, image, video, blur"),
+        ({"mode": "image"}, "composite.background: mode 'image' needs a file (pass --background PATH)"),
+        (
+            {"mode": "video", "background": "nope.mp4"},
+            "background not found: nope.mp4 (pass --background PATH)",
+        ),
+        ({"color": (0, 300, 0)}, "composite.color: (0, 300, 0) is not three integers 0..255 (e.g. 0,255,0)"),
+        ({"blur_radius": -1}, "composite.blur_radius: -1 is not an integer in 0..500"),
+    ],
+)
+def test_bad_params_are_one_line_config_errors(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        CompositeParams(**kwargs)
+    assert str(err.value) == message
