@@ -21,10 +21,9 @@ def interp(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def _deform_dtype(x: torch.Tensor) -> torch.dtype:
-    # torchvision's deform_conv2d kernels cover float32/float64 (and float16 on CUDA only).
-    if x.dtype in (torch.float32, torch.float64) or (x.dtype == torch.float16 and x.is_cuda):
-        return x.dtype
-    return torch.float32
+    # Half precision runs the deformable sampling in float32, as torchvision's own autocast rule
+    # does: its kernels lack bfloat16, and offsets of a few pixels lose precision in float16.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class DeformableConv2d(nn.Module):

@@ -19,7 +19,7 @@ def stack_patches(x: torch.Tensor, grid: tuple[int, int], order: str) -> torch.T
     """
     b, c, h, w = x.shape
     gh, gw = grid
-    tiles = x.view(b, c, gh, h // gh, gw, w // gw)
+    tiles = x.reshape(b, c, gh, h // gh, gw, w // gw)  # reshape: x may be channels_last
     if order == "einops":
         tiles = tiles.permute(0, 1, 2, 4, 3, 5)
     elif order == "legacy":

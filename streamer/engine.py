@@ -1,0 +1,178 @@
+"""The matting engine: uint8 RGB frames in, float alpha mattes at each frame's own size out.
+
+Pre- and post-processing run on the model's device so that only uint8 frames cross the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamer.errors import ConfigError, DeviceError
+from streamer.model import MULTIPLE, PATCH_ORDERS, VARIANTS
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# ImageNet statistics the network was trained with (spec.md section 8).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    variant: str = "portrait"
+    weights: str | None = None
+    """Local .safetensors/.pth file or Hugging Face repo id; None = the variant's official repo."""
+    size: tuple[int, int] = (1024, 1024)
+    """Network input (height, width); frames are resized to it and mattes back to frame size."""
+    device: str = "auto"
+    dtype: str = "auto"
+    """auto = float16 on CUDA, float32 elsewhere."""
+    compile: bool = False
+    channels_last: bool = True
+    """Channels-last convolutions on CUDA (ignored on CPU, where it is no faster)."""
+    patch_order: str | None = None
+    """None = the order the variant's weights were trained with (legacy for portrait and lite)."""
+    batch_size: int = 1
+    """Frames that file jobs group per predict() call; predict() itself runs what it is given."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model.variant: {self.variant!r} is not one of {', '.join(VARIANTS)}")
+        size = tuple(self.size)
+        if len(size) != 2 or any(not isinstance(s, int) or s <= 0 or s % MULTIPLE for s in size):
+            shown = "x".join(str(s) for s in size)
+            raise ConfigError(
+                f"model.size: {shown} is not two positive multiples of {MULTIPLE} (use e.g. 1024x1024 or 512x512)"
+            )
+        object.__setattr__(self, "size", size)
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"model.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype: {self.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+        if self.patch_order is not None and self.patch_order not in PATCH_ORDERS:
+            raise ConfigError(
+                f"model.patch_order: {self.patch_order!r} is not one of {', '.join(PATCH_ORDERS)}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(
+                f"model.batch_size: {self.batch_size} must be at least 1 (use 1 for live video)"
+            )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name} requested but no CUDA GPU is usable here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {name} does not exist: {torch.cuda.device_count()} CUDA GPU(s) (use cuda:0)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {name} requested but MPS is not available (use --device cpu)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def _as_hwc_tensor(image) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"expected a uint8 RGB image (numpy array or tensor), got {type(image).__name__}")
+    if image.dtype != torch.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3:
+        raise ValueError(
+            f"expected uint8 RGB (H, W, 3) or (B, H, W, 3), got {image.dtype} {tuple(image.shape)}"
+        )
+    return image
+
+
+class MattingEngine:
+    """Owns the network on one device; `predict` is the only call the pipeline needs."""
+
+    def __init__(
+        self, model: torch.nn.Module, params: EngineParams, device: torch.device, dtype: torch.dtype
+    ):
+        self.params = params
+        self.device = device
+        self.dtype = dtype
+        self.size = params.size
+        self.channels_last = params.channels_last and device.type == "cuda"
+        model = model.to(device=device, dtype=dtype).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if params.compile else model
+        self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_params(cls, params: EngineParams) -> MattingEngine:
+        from streamer.model.weights import load_model
+
+        device = resolve_device(params.device)
+        dtype = resolve_dtype(params.dtype, device)
+        model = load_model(params.variant, params.weights, params.patch_order)
+        log.info("engine: %s on %s as %s at %dx%d", params.variant, device, dtype, *params.size)
+        return cls(model, params, device, dtype)
+
+    def resize(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on any device -> (B, 3, h, w) float 0..255 at network size, on device."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        h, w = self.size
+        if x.shape[-2:] != (h, w):
+            # Antialiasing only matters when shrinking; it mirrors the PIL resize of the official recipe.
+            shrink = x.shape[-2] > h or x.shape[-1] > w
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+        return x
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Network-size (B, 3, h, w) 0..255 floats -> (B, h, w) float32 alpha (inference tensors)."""
+        x = (x / 255.0 - self._mean) / self._std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.model(x.to(self.dtype)).float())[:, 0]
+
+    @staticmethod
+    def _to_size(alpha: torch.Tensor, size) -> torch.Tensor:
+        # Outside inference mode: callers may update the matte in place (inference tensors forbid it).
+        with torch.no_grad():
+            if tuple(alpha.shape[-2:]) == tuple(size):
+                return alpha.clone()
+            return F.interpolate(alpha[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+    def predict(self, images):
+        """Alpha in [0, 1], float32 on `self.device`, at each input frame's own resolution.
+
+        images: uint8 RGB (H, W, 3) -> (H, W); (B, H, W, 3) -> (B, H, W); or a list/tuple of (H, W, 3)
+        frames of any sizes -> list of (H, W), run through the network as one batch.
+        """
+        if isinstance(images, Sequence):
+            frames = [_as_hwc_tensor(image) for image in images]
+            if any(f.ndim != 3 for f in frames):
+                raise ValueError("a list given to predict() must hold single (H, W, 3) frames")
+            if not frames:
+                return []
+            with torch.inference_mode():
+                alpha = self.infer(torch.cat([self.resize(f[None]) for f in frames]))
+            return [self._to_size(a[None], f.shape[:2])[0] for a, f in zip(alpha, frames, strict=True)]
+        image = _as_hwc_tensor(images)
+        batch = image if image.ndim == 4 else image[None]
+        with torch.inference_mode():
+            alpha = self.infer(self.resize(batch))
+        alpha = self._to_size(alpha, batch.shape[1:3])
+        return alpha if image.ndim == 4 else alpha[0]
