@@ -94,6 +94,26 @@ def test_alpha_survives_in_alpha_containers(vfr_clip, tmp_path, suffix, stored):
         assert pix_fmt_of(out).startswith(stored)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])
+def test_colours_come_back_through_a_source(tmp_path, suffix):
+    """The sink's colour matrix and tags agree with what decoders (and VideoSource) assume."""
+    from streamer.sources.base import SourceInfo
+
+    info = SourceInfo(64, 48, 25.0, Fraction(1, 25), None, False)
+    image = torch.zeros((48, 64, 3), dtype=torch.uint8)
+    image[:, :32, 0] = 255
+    image[:, 32:] = torch.tensor([0, 200, 50], dtype=torch.uint8)
+    sink = open_sink(tmp_path / f"c{suffix}", info=info)
+    for i in range(3):
+        sink.write(
+            Frame(image=image, pts=i, time_base=info.time_base, index=i, captured_at=0.0, output=image)
+        )
+    sink.close()
+    back = next(iter(open_source(str(tmp_path / f"c{suffix}")).frames())).image
+    assert np.abs(back[10, 10].numpy().astype(int) - [255, 0, 0]).max() <= 4
+    assert np.abs(back[10, 50].numpy().astype(int) - [0, 200, 50]).max() <= 4
+
+
 def test_rgba_into_mp4_is_composited_over_black(vfr_clip, tmp_path):
     out = tmp_path / "flat.mp4"
     transcode(vfr_clip, out, channels=4)

@@ -165,6 +165,16 @@ def test_images_of_other_sizes_are_resized_to_the_first(tmp_path):
     assert [tuple(f.image.shape) for f in frames] == [(24, 32, 3)] * 3
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    stored = pattern(0, (32, 24))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display", as phones write it
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    image = next(iter(open_source(str(tmp_path / "phone.jpg")).frames())).image.numpy()
+    assert image.shape == (32, 24, 3)
+    assert np.abs(image.astype(int) - np.rot90(stored, -1)).mean() < 6
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     folder = write_images(tmp_path / "bad", [(32, 24)] * 2)
     (folder / "shot3.png").write_bytes(b"\x89PNG broken")

@@ -1,7 +1,7 @@
 """An image folder, a glob or a single image as a clip at a fixed frame rate.
 
 Files are taken in natural order (frame2 before frame10), frame `i` gets pts `i` in a time
-base of 1/fps. Images whose size differs from the first one are resized to the first one's
+base of 1/fps; EXIF orientation is applied. Images whose size differs from the first one are resized to the first one's
 size (a clip has one size; sinks cannot change it midway) and a warning is logged once.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
@@ -67,7 +67,8 @@ def list_images(spec: str) -> list[Path]:
 def load_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            # Phone photos are stored sideways with an EXIF orientation tag: show them upright.
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
     except FileNotFoundError as err:
         raise MediaError(f"input not found: {path} (check the path)") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
