@@ -61,7 +61,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(recipe_weights, tmp_path):
-    """A real `streamer serve` process: lite recipe weights at 64x64, starting in mode color magenta."""
+    """A real `streamer serve` process: lite recipe weights at 64x64, mode color magenta, all background."""
     port = free_port()
     command = [
         sys.executable,
@@ -84,6 +84,10 @@ def server(recipe_weights, tmp_path):
         "magenta",
         "--smoothing",
         "off",
+        # The recipe network's alpha stays well below 1, so this threshold makes the whole frame
+        # background: every pixel must then be the chosen colour, whatever the camera shows.
+        "--set",
+        "composite.threshold=1.0",
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     log = (tmp_path / "serve.log").open("w+")

@@ -52,8 +52,11 @@ def build_server(config: JobConfig, source: str | None = None, engine=None) -> L
         raise
 
     def resize(size: tuple[int, int]):
-        # A new size means a new engine (weights reloaded): the change reaches every peer.
-        return load_engine(dataclasses.replace(config.model, size=size))
+        # The engine reads its input size on every call, so it changes in place (no weight
+        # reload), between two batches of the worker thread: every peer gets the new size.
+        engine.params = dataclasses.replace(engine.params, size=size)
+        engine.size = engine.params.size
+        return engine
 
     worker = InferenceWorker(engine, resize=resize, size=tuple(config.model.size))
     return LiveServer(worker, finisher_factory(config.composite, config.smoothing, engine.device), hub=hub)
