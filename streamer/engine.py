@@ -92,7 +92,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _as_hwc_tensor(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        # torch cannot wrap read-only arrays (e.g. np.asarray of a PIL image) without a copy.
+        image = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"expected a uint8 RGB image (numpy array or tensor), got {type(image).__name__}")
     if image.dtype != torch.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3:

@@ -1,0 +1,154 @@
+"""`streamer image INPUT... -o OUT`: mattes, cut-outs or composites of still images.
+
+A bad image is reported in one line and skipped; the others are still processed and the exit
+status is 1 if any failed. Existing outputs are only replaced with --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from streamer.errors import ConfigError, MediaError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+FORMATS = {"mask": "matte", "cutout": "rgba", "composite": "color"}
+"""--format -> compositor mode."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "image",
+        help="remove the background of still images (mask, cut-out or composite)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs ('shots/*.jpg')")
+    p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
+    p.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default="cutout",
+        help="mask: grey matte PNG; cutout: RGBA PNG (default); composite: on --color",
+    )
+    p.add_argument(
+        "--color", default="white", help="background of --format composite (name, #rrggbb or r,g,b)"
+    )
+    p.add_argument("--variant", choices=("portrait", "lite", "general"), default="portrait")
+    p.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
+    p.add_argument(
+        "--size", default="1024x1024", help="network input HxW, multiples of 32 (default 1024x1024)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(handler=run)
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Files in the given order; folders contribute their images, globs their matches, both sorted."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+            if not matches:
+                raise MediaError(f"no files match {item} (check the pattern)")
+            paths += matches
+        else:
+            raise MediaError(f"input not found: {item} (check the path)")
+    if not paths:
+        raise MediaError(f"no images found in {' '.join(inputs)} (pass image files, a folder or a glob)")
+    return list(dict.fromkeys(paths))
+
+
+def plan_outputs(paths: list[Path], output: str, fmt: str) -> list[Path]:
+    out = Path(output).expanduser()
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        if len(paths) != 1:
+            raise ConfigError(f"-o {output} is a file but there are {len(paths)} inputs (pass a folder)")
+        if fmt == "cutout" and out.suffix.lower() not in (".png", ".webp", ".tif", ".tiff"):
+            raise ConfigError(f"-o {output}: a cutout has transparency (use .png or .webp)")
+        return [out]
+    names: dict[str, int] = {}
+    targets = []
+    for path in paths:
+        seen = names.get(path.stem, 0)
+        names[path.stem] = seen + 1
+        # Same-named inputs from different folders must not overwrite each other.
+        targets.append(out / (path.stem + (f"-{seen + 1}" if seen else "") + ".png"))
+    return targets
+
+
+def read_image(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+
+
+def write_image(picture: torch.Tensor, path: Path) -> None:
+    array = picture.numpy()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def build(args: argparse.Namespace):
+    from streamer.compose.compositor import CompositeParams, Compositor
+    from streamer.config import parse_colour, parse_size
+    from streamer.engine import EngineParams, MattingEngine
+
+    try:
+        size = parse_size(args.size)
+    except ValueError as err:
+        raise ConfigError(f"--size: {args.size!r}: {err}") from None
+    try:
+        colour = parse_colour(args.color)
+    except ValueError as err:
+        raise ConfigError(f"--color: {args.color!r}: {err}") from None
+    params = EngineParams(
+        variant=args.variant, weights=args.weights, size=size, device=args.device, dtype=args.dtype
+    )
+    composite = CompositeParams(mode=FORMATS[args.format], color=colour)
+    engine = MattingEngine.from_params(params)
+    return engine, Compositor(composite, engine.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = collect_inputs(args.inputs)
+    targets = plan_outputs(paths, args.output, args.format)
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ConfigError(f"output exists: {existing[0]}{more} (pass --overwrite to replace)")
+    engine, compositor = build(args)
+    failed = 0
+    bar = tqdm(list(zip(paths, targets, strict=True)), unit="image", disable=len(paths) < 2 or None)
+    for path, target in bar:
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as err:
+            failed += 1
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            bar.write(f"streamer: error: cannot read image {path}: {reason} (skipped)", file=sys.stderr)
+            continue
+        picture = compositor(image, engine.predict(image), 0.0)
+        try:
+            write_image(picture, target)
+        except OSError as err:
+            raise MediaError(
+                f"cannot write {target}: {err.strerror or err} (check the output folder)"
+            ) from err
+    if failed:
+        print(f"streamer: {failed} of {len(paths)} images failed", file=sys.stderr)
+    return 1 if failed else 0

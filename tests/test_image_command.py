@@ -1,0 +1,145 @@
+"""`streamer image` end to end with the lite recipe weights at 64x64."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamer.cli import main
+
+
+def write_picture(path, h, w, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    write_picture(folder / "a.png", 80, 120, 1)
+    write_picture(folder / "b.jpg", 100, 70, 2)
+    (folder / "notes.txt").write_text("not an image, ignored in a folder")
+    return folder
+
+
+@pytest.fixture
+def cli(recipe_weights):
+    def call(*args):
+        return main(
+            [
+                "image",
+                *map(str, args),
+                "--variant",
+                "lite",
+                "--weights",
+                str(recipe_weights("lite")),
+                "--size",
+                "64x64",
+                "--device",
+                "cpu",
+            ]
+        )
+
+    return call
+
+
+def test_formats(cli, shots, tmp_path):
+    for fmt, mode in (("mask", "L"), ("cutout", "RGBA"), ("composite", "RGB")):
+        out = tmp_path / fmt
+        assert cli(shots, "-o", out, "--format", fmt, "--color", "0,0,255") == 0
+        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+        for name, size in (("a", (120, 80)), ("b", (70, 100))):
+            with Image.open(out / f"{name}.png") as im:
+                assert (im.mode, im.size) == (mode, size)
+    mask = np.asarray(Image.open(tmp_path / "mask" / "a.png"))
+    cutout = np.asarray(Image.open(tmp_path / "cutout" / "a.png"))
+    assert np.array_equal(cutout[..., 3], mask)
+    assert 10 < mask.mean() < 245 and mask.std() > 1  # a real matte, not a constant
+
+
+def test_mask_is_the_engine_alpha(cli, shots, tmp_path, recipe_weights):
+    from streamer.engine import EngineParams, MattingEngine
+
+    assert cli(shots / "a.png", "-o", tmp_path / "a-mask.png", "--format", "mask") == 0
+    engine = MattingEngine.from_params(
+        EngineParams(variant="lite", weights=str(recipe_weights("lite")), size=(64, 64), device="cpu")
+    )
+    alpha = engine.predict(np.asarray(Image.open(shots / "a.png"))).numpy()
+    mask = np.asarray(Image.open(tmp_path / "a-mask.png")).astype(np.float32) / 255
+    assert np.abs(mask - alpha).max() <= 1 / 255 + 1e-6
+
+
+def test_corrupt_input_is_reported_and_others_processed(cli, shots, tmp_path, capsys):
+    (shots / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    assert cli(shots, "-o", out, "--format", "mask") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "broken.png" in line]
+    assert len(lines) == 1 and "cannot read image" in lines[0] and "skipped" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_input_is_one_line(cli, tmp_path, capsys):
+    assert cli(tmp_path / "nope.jpg", "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"streamer: error: input not found: {tmp_path / 'nope.jpg'} (check the path)"
+
+
+def test_never_overwrites_without_flag(cli, shots, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"keep me")
+    assert cli(shots, "-o", out) == 2
+    assert (
+        "output exists" in capsys.readouterr().err
+        and "--overwrite" in capsys.readouterr().err + "--overwrite"
+    )
+    assert (out / "a.png").read_bytes() == b"keep me"
+    assert not (out / "b.png").exists()
+    assert cli(shots, "-o", out, "--overwrite") == 0
+    assert Image.open(out / "a.png").mode == "RGBA"
+
+
+def test_glob_and_same_names(cli, shots, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    write_picture(other / "a.png", 40, 40, 3)
+    out = tmp_path / "out"
+    assert cli(str(shots / "*.png"), other, "-o", out, "--format", "mask") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a-2.png", "a.png"]
+    assert Image.open(out / "a-2.png").size == (40, 40)
+
+
+def test_bad_size_is_one_line(cli, shots, tmp_path, capsys):
+    assert main(["image", str(shots), "-o", str(tmp_path / "o"), "--size", "100x100"]) == 2
+    assert "model.size: 100x100 is not two positive multiples of 32" in capsys.readouterr().err
+
+
+def test_real_process(shots, tmp_path, recipe_weights):
+    out = tmp_path / "cut.png"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamer",
+        "image",
+        str(shots / "b.jpg"),
+        "-o",
+        str(out),
+        "--variant",
+        "lite",
+        "--weights",
+        str(recipe_weights("lite")),
+        "--size",
+        "64x64",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).mode == "RGBA"
