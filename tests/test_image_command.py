@@ -28,24 +28,14 @@ def shots(tmp_path):
 
 
 @pytest.fixture
-def cli(recipe_weights):
-    def call(*args):
-        return main(
-            [
-                "image",
-                *map(str, args),
-                "--variant",
-                "lite",
-                "--weights",
-                str(recipe_weights("lite")),
-                "--size",
-                "64x64",
-                "--device",
-                "cpu",
-            ]
-        )
+def model_args(recipe_weights):
+    weights = str(recipe_weights("lite"))
+    return ["--variant", "lite", "--weights", weights, "--size", "64x64", "--device", "cpu"]
 
-    return call
+
+@pytest.fixture
+def cli(model_args):
+    return lambda *args: main(["image", *map(str, args), *model_args])
 
 
 def test_formats(cli, shots, tmp_path):
@@ -121,25 +111,9 @@ def test_bad_size_is_one_line(cli, shots, tmp_path, capsys):
     assert "model.size: 100x100 is not two positive multiples of 32" in capsys.readouterr().err
 
 
-def test_real_process(shots, tmp_path, recipe_weights):
+def test_real_process(shots, tmp_path, model_args):
     out = tmp_path / "cut.png"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamer",
-        "image",
-        str(shots / "b.jpg"),
-        "-o",
-        str(out),
-        "--variant",
-        "lite",
-        "--weights",
-        str(recipe_weights("lite")),
-        "--size",
-        "64x64",
-        "--device",
-        "cpu",
-    ]
+    cmd = [sys.executable, "-m", "streamer", "image", str(shots / "b.jpg"), "-o", str(out), *model_args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Image.open(out).mode == "RGBA"
