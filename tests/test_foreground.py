@@ -7,6 +7,7 @@ import torch
 
 from streamer.compose.boxfilter import box_mean
 from streamer.compose.foreground import estimate_foreground, estimate_foreground_cpu
+from streamer.compose.foreground_tiles import estimate_foreground_u8
 
 
 def reference_box(x: np.ndarray, k: int) -> np.ndarray:
@@ -85,3 +86,47 @@ def test_opaque_matte_keeps_the_image_and_removes_the_halo():
     fg = estimate_foreground(torch.from_numpy(mixed), torch.from_numpy(ramp)).numpy()
     soft = (ramp > 0.2) & (ramp < 0.8)
     assert np.abs(fg[soft] - red).max() < 0.1 < np.abs(mixed[soft] - red).max()
+
+
+def silhouette(h: int, w: int, edge: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 image and matte: a head-and-shoulders shape with a soft edge of `edge` pixels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    body = (np.sqrt(((xx - w / 2) / (w * 0.3)) ** 2 + ((yy - h * 0.9) / (h * 0.5)) ** 2) - 1) * w * 0.3
+    head = np.sqrt((xx - w / 2) ** 2 + (yy - h * 0.3) ** 2) - h * 0.2
+    a8 = (np.clip(0.5 - np.minimum(body, head) / edge, 0, 1) * 255).astype(np.uint8)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), a8
+
+
+def official_u8(image: np.ndarray, a8: np.ndarray) -> np.ndarray:
+    return (reference_foreground(image / 255, a8 / 255) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "h, w, edge", [(130, 150, 3), (150, 200, 12), (117, 240, 0.5)], ids=["thin", "wide", "hard"]
+)
+def test_tiled_path_matches_reference_within_one_level(h, w, edge):
+    image, a8 = silhouette(h, w, edge)
+    a8[:4, : w // 3] = 100  # soft pixels on the border: mirrored halo
+    a8[h // 2, -2:] = 7
+    ours = estimate_foreground_u8(image, a8)
+    assert ours.dtype == np.uint8 and ours.shape == image.shape
+    assert np.abs(ours.astype(int) - official_u8(image, a8)).max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (120, 130)], ids=["small", "all-soft"])
+def test_dense_fallback_matches_reference(shape):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    a8 = rng.integers(1, 255, shape, dtype=np.uint8)
+    assert np.abs(estimate_foreground_u8(image, a8).astype(int) - official_u8(image, a8)).max() <= 1
+
+
+def test_tiled_path_closed_forms():
+    image, a8 = silhouette(128, 160, 1)
+    a8[a8 > 0] = 255  # a hard matte: no soft pixel
+    ours = estimate_foreground_u8(image, a8)
+    opaque = a8 == 255
+    assert np.abs(ours[opaque].astype(int) - image[opaque]).max() <= 1  # float rounding near edges
+    far = cv2.dilate(a8, np.ones((9, 9), np.uint8)) == 0
+    assert (ours[far] == 0).all()

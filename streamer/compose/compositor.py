@@ -16,7 +16,8 @@ import torch
 from streamer.compose.background import ImageBackground, SolidBackground, VideoBackground
 from streamer.compose.blur import blur_background
 from streamer.compose.edges import shape_alpha
-from streamer.compose.foreground import estimate_foreground, estimate_foreground_cpu
+from streamer.compose.foreground import estimate_foreground
+from streamer.compose.foreground_tiles import estimate_foreground_u8
 from streamer.errors import ConfigError
 
 MODES = ("matte", "rgba", "color", "image", "video", "blur")
@@ -79,11 +80,16 @@ def _check(name: str, value, lo: float, hi: float, integer: bool = False) -> Non
 
 
 def refine(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Foreground colours float (H, W, 3): OpenCV's box filters on the CPU, torch elsewhere."""
+    """Foreground colours float (H, W, 3) from uint8 image and float alpha.
+
+    On the CPU: the tiled exact path with an 8-bit matte (as the official code reads it);
+    elsewhere the dense torch path.
+    """
     if image.device.type == "cpu":
-        fg = estimate_foreground_cpu(image.numpy(), alpha.to(torch.float32).numpy())
-        return torch.from_numpy(np.ascontiguousarray(fg))
-    return estimate_foreground(image, alpha)
+        a8 = to_uint8(alpha).numpy()
+        fg = estimate_foreground_u8(np.ascontiguousarray(image.numpy()), a8)
+        return torch.from_numpy(fg).to(torch.float32).div_(255.0)
+    return estimate_foreground(image.to(torch.float32) / 255.0, alpha)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +131,7 @@ class Compositor:
         if p.mode == "matte":
             return to_uint8(alpha).unsqueeze(-1).cpu()
         frame = image.to(torch.float32) / 255.0
-        fg = refine(frame, alpha) if p.refine_foreground else frame
+        fg = refine(image, alpha) if p.refine_foreground else frame
         if p.mode == "rgba":
             return torch.cat((to_uint8(fg), to_uint8(alpha).unsqueeze(-1)), dim=-1).cpu()
         back = blur_background(frame, alpha, p.blur_radius) if p.mode == "blur" else self.background(h, w, t)

@@ -25,10 +25,13 @@ EPS = 1e-5
 RADII = (90, 6)
 
 
-def fusion_step(image, fg, bg, alpha, fg_alpha_mean, bg_mean_sum, alpha_mean):
-    """One blur-fusion update from box means: returns (F', B_hat). Works on numpy and torch alike."""
+def fusion_step(image, alpha, fg_alpha_mean, bg_mean, alpha_mean):
+    """One blur-fusion update from the box means of F*a, B*(1-a) and a: returns (F', B_hat).
+
+    Works on numpy arrays and torch tensors alike.
+    """
     f_hat = fg_alpha_mean / (alpha_mean + EPS)
-    b_hat = bg_mean_sum / ((1 - alpha_mean) + EPS)
+    b_hat = bg_mean / ((1 - alpha_mean) + EPS)
     out = f_hat + alpha * (image - alpha * f_hat - (1 - alpha) * b_hat)
     return out.clip(0, 1), b_hat
 
@@ -42,7 +45,7 @@ def estimate_foreground(
     for k in radii:
         # One box pass over the 7 stacked channels [F*a, B*(1-a), a].
         means = box_mean(torch.cat((fg * a, bg * (1 - a), a), dim=-1), k, dims=(0, 1))
-        fg, bg = fusion_step(image, fg, bg, a, means[..., 0:3], means[..., 3:6], means[..., 6:7])
+        fg, bg = fusion_step(image, a, means[..., 0:3], means[..., 3:6], means[..., 6:7])
     return fg
 
 
@@ -53,12 +56,15 @@ def _blur(x: np.ndarray, k: int) -> np.ndarray:
 def estimate_foreground_cpu(
     image: np.ndarray, alpha: np.ndarray, radii: tuple[int, ...] = RADII
 ) -> np.ndarray:
-    """image float32 (H, W, 3) in [0, 1], alpha float32 (H, W) -> foreground float32 (H, W, 3)."""
+    """image float32 (H, W, 3) in [0, 1], alpha float32 (H, W) -> foreground float32 (H, W, 3).
+
+    The dense path (for mattes that are soft almost everywhere): the official maths with fewer
+    temporaries.
+    """
     a = alpha[..., None]
+    rest = 1 - a
     fg = bg = image
     for k in radii:
-        # cv2's box filter is vectorised for up to 4 channels: pack [F*a, a] and blur B*(1-a) apart.
-        fa = _blur(np.concatenate((fg * a, a), axis=2), k)
-        b1 = _blur(bg * (1 - a), k)
-        fg, bg = fusion_step(image, fg, bg, a, fa[..., :3], b1, fa[..., 3:4])
+        mean_a = _blur(alpha, k)[..., None]
+        fg, bg = fusion_step(image, a, _blur(fg * a, k), _blur(bg * rest, k), mean_a)
     return fg
