@@ -22,7 +22,7 @@ from av import VideoFrame
 
 from streamer.frame import Frame
 from streamer.live.app import LiveServer
-from streamer.live.serve import finisher_factory
+from streamer.live.serve import build_server
 from streamer.live.worker import InferenceWorker, SlotClosed
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +40,12 @@ def loopback_only(monkeypatch):
 class GatedEngine:
     """Returns alpha = red channel / 255; each predict waits for the test to open the gate."""
 
+    device = torch.device("cpu")
+
     def __init__(self, gated: bool = True) -> None:
+        from streamer.engine import EngineParams
+
+        self.params = EngineParams(variant="lite", size=(64, 64))
         self.calls: list[int] = []
         self.gate = threading.Semaphore(0)
         self.gated = gated
@@ -230,15 +235,15 @@ async def serving(server: LiveServer):
         await runner.cleanup()
 
 
-def make_server(engine=None, composite=None, smoothing=None, **kwargs) -> LiveServer:
-    from streamer.compose.compositor import CompositeParams
-    from streamer.smoothing import SmoothingParams
+def make_server(engine=None, source: str | None = None) -> LiveServer:
+    """The app as `streamer serve` builds it, starting in mode matte without smoothing."""
+    from streamer.config import load_config
 
-    engine = engine or GatedEngine(gated=False)
-    composite = composite or CompositeParams(mode="matte")
-    smoothing = smoothing or SmoothingParams(enabled=False)
-    worker = InferenceWorker(engine, resize=lambda size: engine, size=(64, 64))
-    return LiveServer(worker, finisher_factory(composite, smoothing, "cpu"), **kwargs)
+    model = {"variant": "lite", "size": "64x64", "device": "cpu"}
+    config = load_config(
+        None, {"model": model, "composite": {"mode": "matte"}, "smoothing": {"enabled": False}}
+    )
+    return build_server(config, source=source, engine=engine or GatedEngine(gated=False))
 
 
 def expected_output(engine, composite) -> np.ndarray:
@@ -279,8 +284,39 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
             stats = await response.json()
         assert stats["sent"] >= 6 and stats["received"] >= stats["sent"] and stats["fps"] > 0
         assert stats["latency_ms_p50"] is not None and stats["size"] == [64, 64]
+        # The model size is the shared engine's: it changes between two batches, for every peer.
+        status, reply = await client.post("/params", {"size": 96})
+        assert status == 200 and reply["size"] == [96, 96]
+        await client.wait_frames(2)
+        assert server.worker.size == (96, 96) and engine.size == (96, 96)
+        await client.post("/params", {"size": 64})
+        await client.wait_frames(2)
         await client.close()
     assert server.peers == {}
+
+
+async def test_peers_share_the_worker_but_not_their_settings():
+    from streamer.compose.compositor import CompositeParams
+
+    engine = GatedEngine(gated=False)
+    server = make_server(engine)
+    async with serving(server) as (http, base):
+        grey, magenta = Client(http, base), Client(http, base)
+        await grey.connect()
+        await magenta.connect()
+        assert server.worker.peers == 2
+        status, _ = await magenta.post("/params", {"composite": {"mode": "color", "color": "magenta"}})
+        assert status == 200
+        await asyncio.sleep(0.5)
+        assert_close(
+            (await magenta.wait_frames(2))[-1],
+            expected_output(engine, CompositeParams("color", (255, 0, 255))),
+        )
+        assert_close((await grey.wait_frames(2))[-1], expected_output(engine, CompositeParams("matte")))
+        assert sum(thread.name == "streamer-infer" for thread in threading.enumerate()) == 1
+        await grey.close()
+        await magenta.close()
+    assert server.worker.peers == 0
 
 
 @pytest.mark.parametrize(
@@ -380,11 +416,8 @@ async def test_fifty_connect_disconnect_cycles_leak_nothing():
 async def test_preview_of_a_server_side_file(tmp_path, engine):
     from media import make_clip
 
-    from streamer.live.source_hub import SourceHub
-    from streamer.sources.open import open_source
-
     clip = make_clip(tmp_path / "clip.mp4", frames=10, size=(64, 48), fps=25, audio=False)
-    server = make_server(engine, hub=SourceHub(lambda: open_source(str(clip))))
+    server = make_server(engine, source=str(clip))
     async with serving(server) as (http, base):
         async with http.get(base + "/config") as response:
             assert (await response.json())["mode"] == "source"

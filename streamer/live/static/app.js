@@ -57,6 +57,7 @@ async function sendBackground(file) {
   const response = await fetch(`/background?peer=${encodeURIComponent(state.peer)}`, { method: "POST", body: file });
   const data = await response.json();
   showError(response.ok ? "" : data.error);
+  if (response.ok) $("composite-mode").value = "image";
 }
 
 async function start() {
