@@ -11,6 +11,10 @@ from safetensors.torch import save_file
 
 DATA = Path(__file__).parent / "data"
 
+# One intra-op thread: on this shared 2-core machine OpenMP workers spin-wait for each other and
+# a 64x64 forward measured 0.3 s single-threaded but 4-8 s with two threads under load.
+torch.set_num_threads(1)
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 """Same as `@pytest.mark.cuda`: tests carrying that marker are skipped without a GPU."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -114,6 +115,7 @@ def test_bad_size_is_one_line(cli, shots, tmp_path, capsys):
 def test_real_process(shots, tmp_path, model_args):
     out = tmp_path / "cut.png"
     cmd = [sys.executable, "-m", "streamer", "image", str(shots / "b.jpg"), "-o", str(out), *model_args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # see conftest: threads spin on this shared machine
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert Image.open(out).mode == "RGBA"
