@@ -114,6 +114,17 @@ def test_tiled_path_matches_reference_within_one_level(h, w, edge):
     assert np.abs(ours.astype(int) - official_u8(image, a8)).max() <= 1
 
 
+def test_tiled_path_far_from_the_frame_edges():
+    """The summed-area tables then cover only a crop of the frame."""
+    rng = np.random.default_rng(3)
+    h, w = 300, 420
+    yy, xx = np.mgrid[:h, :w]
+    dist = np.sqrt((xx - 200) ** 2 + (yy - 140) ** 2) - 25
+    a8 = (np.clip(0.5 - dist / 5, 0, 1) * 255).astype(np.uint8)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert np.abs(estimate_foreground_u8(image, a8).astype(int) - official_u8(image, a8)).max() <= 1
+
+
 @pytest.mark.parametrize("shape", [(40, 60), (120, 130)], ids=["small", "all-soft"])
 def test_dense_fallback_matches_reference(shape):
     rng = np.random.default_rng(5)

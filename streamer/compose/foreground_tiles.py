@@ -33,10 +33,24 @@ DENSE_ABOVE = 0.5  # fraction of the frame in tiles above which the dense path i
 _pool = ThreadPoolExecutor(2, thread_name_prefix="integral")
 
 
-def _summed_area(x: np.ndarray) -> np.ndarray:
-    """int32 table of x mirrored by the big window's margins: rows y..y+BIG-1 sum over S[y+BIG]-S[y]."""
+def _crop(n: int, lo: int, hi: int) -> tuple[slice, int, int, int]:
+    """Rows (or columns) that big windows centred on lo..hi-1 read: (slice, pad before, pad after, shift).
+
+    Mirrored padding is only needed where the windows cross the frame's edge; `shift` is what
+    to subtract from a frame coordinate to index the summed-area table.
+    """
     before, after = BIG // 2, BIG - 1 - BIG // 2
-    padded = cv2.copyMakeBorder(x, before, after, before, after, cv2.BORDER_REFLECT_101)
+    start, stop = max(0, lo - before), min(n, hi + after)
+    pad_before = before if start == 0 else 0
+    pad_after = after if stop == n else 0
+    return slice(start, stop), pad_before, pad_after, start - pad_before + before
+
+
+def _summed_area(x: np.ndarray, rows: tuple, cols: tuple) -> np.ndarray:
+    """int32 summed-area table of the cropped, edge-mirrored x: S[i, j] sums rows < i, columns < j."""
+    padded = cv2.copyMakeBorder(
+        x[rows[0], cols[0]], rows[1], rows[2], cols[1], cols[2], cv2.BORDER_REFLECT_101
+    )
     table = cv2.integral(padded, sdepth=cv2.CV_32S)
     return table if table.ndim == 3 else table[..., None]
 
@@ -78,15 +92,21 @@ def _tile_inputs(image, a8, oy, ox):
     h, w = a8.shape
     full = (a8 == 255).view(np.uint8)
     opaque = cv2.bitwise_and(image, image, mask=full)
+    # image*alpha (16 bits) as two bytes; on opaque pixels 255*I = 256*(I-1) + (256-I) for I > 0.
+    high = cv2.subtract(opaque, (1, 1, 1, 0))
+    low = np.negative(image)
+    low = cv2.bitwise_and(low, low, mask=full)
     soft = np.flatnonzero((a8 > 0) & (a8 < 255))
     product = image.reshape(-1, 3)[soft].astype(np.uint16) * a8.reshape(-1)[soft, None]
-    high, low = np.zeros_like(image), np.zeros_like(image)
     high.reshape(-1, 3)[soft] = product >> 8
     low.reshape(-1, 3)[soft] = product & 255
-    tables = list(_pool.map(_summed_area, (image, a8, opaque, high, low)))
     ey, ex = np.clip(oy - HALO, 0, h - SPAN), np.clip(ox - HALO, 0, w - SPAN)
-    s_img, s_a, s_opq, s_hi, s_lo = (_box_sums(t, ey, ex) for t in tables)
-    s_prod = s_opq * 255 + s_hi * 256 + s_lo
+    # Summed-area tables only of the part of the frame that the tiles' windows read.
+    rows = _crop(h, int(ey.min()), int(ey.max()) + SPAN)
+    cols = _crop(w, int(ex.min()), int(ex.max()) + SPAN)
+    tables = _pool.map(lambda x: _summed_area(x, rows, cols), (image, a8, high, low))
+    s_img, s_a, s_hi, s_lo = (_box_sums(t, ey - rows[3], ex - cols[3]) for t in tables)
+    s_prod = s_hi * 256 + s_lo
     pix = _windows(image, SPAN)[ey, ex]
     alpha = _windows(a8[..., None], SPAN)[ey, ex]
     return (s_img, s_a, s_prod, pix, alpha), opaque, ey, ex
@@ -110,9 +130,9 @@ def estimate_foreground_u8(image: np.ndarray, a8: np.ndarray) -> np.ndarray:
     if oy is None or len(oy) * SPAN * SPAN > DENSE_ABOVE * h * w:
         fg = estimate_foreground_cpu(image.astype(np.float32) / 255, a8.astype(np.float32) / 255)
         return (fg * 255).astype(np.uint8)
-    (s_img, s_a, s_prod, pix, alpha), out, ey, ex = _tile_inputs(image, a8, oy, ox)
     if not len(oy):
-        return out
+        return cv2.bitwise_and(image, image, mask=(a8 == 255).view(np.uint8))
+    (s_img, s_a, s_prod, pix, alpha), out, ey, ex = _tile_inputs(image, a8, oy, ox)
     area = float(BIG * BIG)
     a = alpha.astype(np.float32) * np.float32(1 / 255)
     img = pix.astype(np.float32) * np.float32(1 / 255)
