@@ -32,7 +32,11 @@ def fusion_step(image, alpha, fg_alpha_mean, bg_mean, alpha_mean):
     """
     f_hat = fg_alpha_mean / (alpha_mean + EPS)
     b_hat = bg_mean / ((1 - alpha_mean) + EPS)
-    out = f_hat + alpha * (image - alpha * f_hat - (1 - alpha) * b_hat)
+    # In place where possible: these run on whole frames and memory traffic is the cost.
+    out = image - alpha * f_hat
+    out -= (1 - alpha) * b_hat
+    out *= alpha
+    out += f_hat
     return out.clip(0, 1), b_hat
 
 
