@@ -125,6 +125,14 @@ def test_tiled_path_far_from_the_frame_edges():
     assert np.abs(estimate_foreground_u8(image, a8).astype(int) - official_u8(image, a8)).max() <= 1
 
 
+def test_a_lone_soft_pixel_is_not_missed():
+    image, a8 = silhouette(160, 200, 0.1)
+    a8[a8 > 0] = 255
+    a8[150, 10] = 200  # one soft pixel in a tile of its own
+    a8[5, 190] = 1
+    assert np.abs(estimate_foreground_u8(image, a8).astype(int) - official_u8(image, a8)).max() <= 1
+
+
 @pytest.mark.parametrize("shape", [(40, 60), (120, 130)], ids=["small", "all-soft"])
 def test_dense_fallback_matches_reference(shape):
     rng = np.random.default_rng(5)

@@ -81,8 +81,8 @@ def _active_tiles(a8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gy, gx = -(-h // TILE), -(-w // TILE)
     grid = np.zeros((gy * TILE, gx * TILE), np.uint8)
     grid[:h, :w] = need
-    # A block mean of a 0/255 map is non-zero exactly where the tile holds a 255.
-    ty, tx = np.nonzero(cv2.resize(grid, (gx, gy), interpolation=cv2.INTER_AREA))
+    rows = grid.reshape(gy, TILE, gx * TILE).max(axis=1)  # any pixel of the tile
+    ty, tx = np.nonzero(rows.reshape(gy, gx, TILE).max(axis=2))
     # The last row/column of tiles is moved back inside the frame (it overlaps its neighbour).
     return np.minimum(ty * TILE, h - TILE), np.minimum(tx * TILE, w - TILE)
 
