@@ -431,6 +431,25 @@ async def test_preview_of_a_server_side_file(tmp_path, engine):
     assert server.hub._thread is None
 
 
+def test_serve_options_reach_the_config():
+    from streamer.cli import build_parser
+    from streamer.commands.serve import config_from_args
+
+    args = build_parser().parse_args(
+        ["serve", "--mode", "blur", "--blur", "10", "--smoothing", "off", "--set", "composite.mirror=on"]
+    )
+    config = config_from_args(args)
+    assert (config.composite.mode, config.composite.blur_radius, config.composite.mirror) == (
+        "blur",
+        10,
+        True,
+    )
+    assert config.smoothing.enabled is False
+    assert config.model.size == (512, 512)  # a live default, unless --size or a config file says otherwise
+    sized = config_from_args(build_parser().parse_args(["serve", "--size", "256"]))
+    assert sized.model.size == (256, 256)
+
+
 def test_serve_reports_a_busy_port_in_one_line(capsys):
     from streamer.cli import main
 

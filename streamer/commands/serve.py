@@ -25,7 +25,7 @@ OPTIONS = {
     "mode": ("composite", "mode"),
     "color": ("composite", "color"),
     "background": ("composite", "background"),
-    "blur": ("composite", "blur"),
+    "blur": ("composite", "blur_radius"),
     "mirror": ("composite", "mirror"),
     "smoothing": ("smoothing", "enabled"),
     "strength": ("smoothing", "strength"),
@@ -80,13 +80,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict]:
     return result
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace):
     from streamer.config import load_config
-    from streamer.live.serve import serve
 
-    params = ServeParams(host=args.host, port=args.port, source=args.source)
     overrides = overrides_from_args(args)
     config = load_config(args.config, overrides)
     if not args.config and overrides["model"]["size"] is None:
         config.sections["model"] = dataclasses.replace(config.model, size=LIVE_SIZE)
-    return serve(params, config)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.live.serve import serve
+
+    params = ServeParams(host=args.host, port=args.port, source=args.source)
+    return serve(params, config_from_args(args))
