@@ -30,6 +30,7 @@ import torch
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from streamer.config import update_params
 from streamer.errors import ConfigError
 from streamer.live.peer import Finisher, PeerSession
 from streamer.live.source_hub import SourceHub
@@ -232,13 +233,15 @@ class LiveServer:
             raise BadRequest("params: 'composite' and 'smoothing' must be JSON objects of settings")
         peer.update(composite, smoothing)
         if body.get("size") is not None:
-            self.worker.set_size(_check_size(body["size"]))
+            # Validated like `--size`; applied by the worker thread between two batches.
+            model = update_params(self.worker.engine.params, "model", "size", body["size"])
+            self.worker.set_size(model.size)
         finisher = peer.finisher
         return web.json_response(
             {
                 "composite": _plain(finisher.compositor.params),
                 "smoothing": _plain(finisher.smoother.params) if finisher.smoother is not None else None,
-                "size": list(self.worker._pending_size or self.worker.size or ()),
+                "size": list(self.worker.requested_size or ()),
             }
         )
 
@@ -258,18 +261,6 @@ class LiveServer:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(self._peer(request.query.get("peer")).stats())
-
-
-def _check_size(value) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value, value]
-    if (
-        not isinstance(value, list | tuple)
-        or len(value) != 2
-        or not all(isinstance(v, int) and 32 <= v <= 2048 and v % 32 == 0 for v in value)
-    ):
-        raise BadRequest(f"size: {value!r} is not a model size; use a multiple of 32 from 32 to 2048")
-    return int(value[0]), int(value[1])
 
 
 def _plain(params) -> dict:

@@ -163,6 +163,11 @@ class InferenceWorker:
             self._slots[slot] = None
         return slot
 
+    @property
+    def requested_size(self) -> tuple[int, int] | None:
+        """The size of the next batch: a pending change, else the current size."""
+        return self._pending_size or self.size
+
     def set_size(self, size: tuple[int, int]) -> None:
         """Change the engine input size for every peer, from the next batch on."""
         if self._resize is None:
