@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,10 +35,20 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
-def frame_from_video(video: VideoFrame, index: int) -> Frame:
-    """A pipeline `Frame` from a decoded WebRTC frame; capture time is when it reached us."""
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A decoded WebRTC frame as it reached us, before the RGB conversion."""
+
+    video: VideoFrame
+    index: int
+    received_at: float
+
+
+def frame_from_video(arrival: Arrival) -> Frame:
+    """A pipeline `Frame`; run in the worker thread, so dropped frames are never converted."""
+    video = arrival.video
     image = torch.from_numpy(video.to_ndarray(format="rgb24"))
-    return Frame(image, video.pts, video.time_base, index, time.monotonic())
+    return Frame(image, video.pts, video.time_base, arrival.index, arrival.received_at)
 
 
 def video_from_output(output: torch.Tensor, frame: Frame) -> VideoFrame:
@@ -59,6 +70,10 @@ def _updated(params, section: str, changes: dict | None):
     for key, value in (changes or {}).items():
         params = update_params(params, section, key, value)
     return params
+
+
+def _as_frame(item: Frame | Arrival) -> Frame:
+    return frame_from_video(item) if isinstance(item, Arrival) else item
 
 
 class Finisher:
@@ -90,7 +105,7 @@ class PeerSession:
         self.finisher = finisher
         self._executor = executor
         self._on_closed = on_closed
-        self.slot = worker.open_slot(self.id)
+        self.slot = worker.open_slot(self.id, prepare=_as_frame)
         self.latency = LatencyWindow()
         self.fps = RateMeter()
         self.track = LatestFrameTrack(on_sent=self._sent)
@@ -120,14 +135,14 @@ class PeerSession:
     async def _read_track(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
-                self._offer(frame_from_video(await track.recv(), self.received))
+                self._offer(Arrival(await track.recv(), self.received, time.monotonic()))
         self.close_soon()
 
     async def _read_frames(self, frames: AsyncIterator[Frame]) -> None:
         async for frame in frames:
             self._offer(frame)
 
-    def _offer(self, frame: Frame) -> None:
+    def _offer(self, frame: Frame | Arrival) -> None:
         self.received += 1
         self.slot.put(frame)
 

@@ -45,10 +45,11 @@ class WorkerStats:
 class WorkerSlot:
     """A peer's place in the worker: `put` frames in (from the event loop), `await get()` results."""
 
-    def __init__(self, worker: InferenceWorker, name: str) -> None:
+    def __init__(self, worker: InferenceWorker, name: str, prepare: Callable[[object], Frame] | None) -> None:
         self.name = name
         self._worker = worker
-        self._waiting: Frame | None = None
+        self._prepare = prepare
+        self._waiting: object | None = None
         self._in_flight = False
         self._result: Frame | BaseException | None = None
         self._ready = asyncio.Event()
@@ -62,8 +63,11 @@ class WorkerSlot:
     def busy(self) -> bool:
         return self._in_flight
 
-    def put(self, frame: Frame) -> None:
-        """Offer the newest frame; never blocks (the older waiting frame, if any, is dropped)."""
+    def put(self, frame: Frame | object) -> None:
+        """Offer the newest frame; never blocks (the older waiting frame, if any, is dropped).
+
+        With a `prepare` function, `frame` may be anything it turns into a `Frame`: that work
+        is then done in the worker thread, and only for frames that are not dropped."""
         if self.closed:
             return
         with self._worker._cond:
@@ -89,7 +93,7 @@ class WorkerSlot:
         self._worker._remove(self)
 
     # Called by the worker thread with the lock held.
-    def _take(self) -> Frame | None:
+    def _take(self) -> object | None:
         if self.closed or self._in_flight or self._waiting is None:
             return None
         frame, self._waiting = self._waiting, None
@@ -154,11 +158,14 @@ class InferenceWorker:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
-    def open_slot(self, name: str | None = None) -> WorkerSlot:
+    def open_slot(
+        self, name: str | None = None, prepare: Callable[[object], Frame] | None = None
+    ) -> WorkerSlot:
+        """A new peer's slot; `prepare` (run in the worker thread) turns what it puts into a Frame."""
         if self._thread is None or self._stopping:
             raise RuntimeError("the inference worker is not running")
         self._counter += 1
-        slot = WorkerSlot(self, name or f"slot-{self._counter}")
+        slot = WorkerSlot(self, name or f"slot-{self._counter}", prepare)
         with self._cond:
             self._slots[slot] = None
         return slot
@@ -183,12 +190,12 @@ class InferenceWorker:
             self._slots.pop(slot, None)
         slot._ready.set()
 
-    def _next_batch(self) -> tuple[list[tuple[WorkerSlot, Frame]], tuple[int, int] | None] | None:
+    def _next_batch(self) -> tuple[list[tuple[WorkerSlot, object]], tuple[int, int] | None] | None:
         with self._cond:
             while True:
                 if self._stopping:
                     return None
-                batch = [(slot, frame) for slot in self._slots if (frame := slot._take()) is not None]
+                batch = [(slot, item) for slot in self._slots if (item := slot._take()) is not None]
                 size, self._pending_size = self._pending_size, None
                 if batch or size:
                     return batch, size
@@ -203,10 +210,13 @@ class InferenceWorker:
                 continue
             started = time.monotonic()
             try:
-                alphas = self._predict([frame.image for _, frame in batch])
+                frames = [slot._prepare(item) if slot._prepare else item for slot, item in batch]
+                alphas = self._predict([frame.image for frame in frames])
                 results: list[Frame | BaseException] = []
-                for (_, frame), alpha in zip(batch, alphas, strict=True):
+                infer_s = time.monotonic() - started
+                for frame, alpha in zip(frames, alphas, strict=True):
                     frame.alpha = alpha
+                    frame.meta["infer_s"] = infer_s
                     results.append(frame)
             except Exception as err:  # a failed batch is reported to each peer, the worker goes on
                 log.exception("inference failed")
