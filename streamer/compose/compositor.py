@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from streamer.compose.background import ImageBackground, SolidBackground, VideoBackground
-from streamer.compose.blur import blur_background
+from streamer.compose.blur import blur_background, blur_background_cpu
 from streamer.compose.edges import shape_alpha
 from streamer.compose.foreground import estimate_foreground
 from streamer.compose.foreground_tiles import estimate_foreground_u8
@@ -79,29 +80,20 @@ def _check(name: str, value, lo: float, hi: float, integer: bool = False) -> Non
         raise ConfigError(f"{name}: {value!r} is not {what} in {lo:g}..{hi:g}")
 
 
-def refine(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Foreground colours float (H, W, 3) from uint8 image and float alpha.
-
-    On the CPU: the tiled exact path with an 8-bit matte (as the official code reads it);
-    elsewhere the dense torch path.
-    """
-    if image.device.type == "cpu":
-        a8 = to_uint8(alpha).numpy()
-        fg = estimate_foreground_u8(np.ascontiguousarray(image.numpy()), a8)
-        return torch.from_numpy(fg).to(torch.float32).div_(255.0)
-    return estimate_foreground(image.to(torch.float32) / 255.0, alpha)
-
-
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 class Compositor:
+    opencv_on_cpu = True
+    """Use the 8-bit OpenCV path on the CPU (the torch path is for GPUs; tests compare the two)."""
+
     def __init__(self, params: CompositeParams | None = None, device: torch.device | str = "cpu"):
         self.params = params or CompositeParams()
         self.device = torch.device(device)
         self._background = None
         self._background_key = None
+        self._back_u8: tuple = (None, None)
 
     def background(self, h: int, w: int, t: float) -> torch.Tensor:
         p = self.params
@@ -130,10 +122,34 @@ class Compositor:
         alpha = shape_alpha(alpha.clamp(0, 1), p.threshold, p.gamma, p.grow, p.feather)
         if p.mode == "matte":
             return to_uint8(alpha).unsqueeze(-1).cpu()
+        if self.device.type == "cpu" and self.opencv_on_cpu:
+            return self._compose_cpu(image, alpha, t)
         frame = image.to(torch.float32) / 255.0
-        fg = refine(image, alpha) if p.refine_foreground else frame
+        fg = estimate_foreground(frame, alpha) if p.refine_foreground else frame
         if p.mode == "rgba":
             return torch.cat((to_uint8(fg), to_uint8(alpha).unsqueeze(-1)), dim=-1).cpu()
-        back = blur_background(frame, alpha, p.blur_radius) if p.mode == "blur" else self.background(h, w, t)
         a = alpha.unsqueeze(-1)
-        return to_uint8(fg * a + back * (1 - a)).cpu()
+        return to_uint8(fg * a + self._back(frame, alpha, t) * (1 - a)).cpu()
+
+    def _back(self, frame: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
+        if self.params.mode == "blur":
+            return blur_background(frame, alpha, self.params.blur_radius)
+        return self.background(*alpha.shape, t)
+
+    def _compose_cpu(self, image: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
+        """The same picture with OpenCV on 8-bit data: float blending of whole frames is slow here."""
+        p = self.params
+        a8 = to_uint8(alpha).numpy()
+        pixels = np.ascontiguousarray(image.numpy())
+        fg = estimate_foreground_u8(pixels, a8) if p.refine_foreground else pixels
+        if p.mode == "rgba":
+            return torch.from_numpy(np.concatenate((fg, a8[..., None]), axis=-1))
+        weight = np.ascontiguousarray(alpha.numpy())
+        if p.mode == "blur":
+            back = blur_background_cpu(pixels, weight, p.blur_radius)
+        else:
+            still = self.background(*weight.shape, t)
+            if self._back_u8[0] is not still:  # a still background is converted once
+                self._back_u8 = (still, np.ascontiguousarray(to_uint8(still).numpy()))
+            back = self._back_u8[1]
+        return torch.from_numpy(cv2.blendLinear(fg, back, weight, 1 - weight))
