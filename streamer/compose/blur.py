@@ -46,19 +46,26 @@ def blur_background(image: torch.Tensor, alpha: torch.Tensor, radius: int) -> to
     return torch.where(total > 1e-3, stacked[..., :3] / total.clamp(min=1e-3), image)
 
 
-def blur_background_cpu(image: np.ndarray, alpha: np.ndarray, radius: int) -> np.ndarray:
-    """The same with OpenCV: image uint8 (H, W, 3), alpha float32 (H, W) -> uint8 (H, W, 3)."""
+def blur_background_cpu(image: np.ndarray, a8: np.ndarray, radius: int) -> np.ndarray:
+    """The same with OpenCV on 8-bit data: image uint8 (H, W, 3), a8 uint8 (H, W) -> uint8 (H, W, 3).
+
+    Only the premultiplied frame is made at full size; blurring, normalising and the fallback
+    happen on the coarse grid, and the result is scaled up as 8 bits.
+    """
     if radius <= 0:
         return image
-    h, w = alpha.shape
-    weight = 1 - alpha
-    stacked = np.concatenate((image * (weight * np.float32(1 / 255))[..., None], weight[..., None]), axis=-1)
+    h, w = a8.shape
+    weight = 255 - a8
+    premultiplied = cv2.multiply(image, cv2.merge((weight, weight, weight)), scale=1 / 255)
     scale = working_scale(radius, h, w)
-    small = cv2.resize(stacked, (-(-w // scale), -(-h // scale)), interpolation=cv2.INTER_AREA)
+    size = (-(-w // scale), -(-h // scale))
+    stacked = np.dstack([cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (premultiplied, weight)])
+    stacked = stacked.astype(np.float32)
     k = 2 * max(1, round(radius / scale)) + 1
     for _ in range(PASSES):
-        small = cv2.blur(small, (k, k), borderType=cv2.BORDER_REFLECT_101)
-    total = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    back = total[..., :3] / np.maximum(total[..., 3:4], 1e-3)
-    back = np.where(total[..., 3:4] > 1e-3, back * 255 + 0.5, image)
-    return np.clip(back, 0, 255).astype(np.uint8)
+        stacked = cv2.blur(stacked, (k, k), borderType=cv2.BORDER_REFLECT_101)
+    total = stacked[..., 3:4] * np.float32(1 / 255)
+    fallback = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small = np.where(total > 1e-3, stacked[..., :3] / np.maximum(total, 1e-3) + 0.5, fallback)
+    small = np.clip(small, 0, 255).astype(np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if scale > 1 else small

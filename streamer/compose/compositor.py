@@ -146,7 +146,7 @@ class Compositor:
             return torch.from_numpy(np.concatenate((fg, a8[..., None]), axis=-1))
         weight = np.ascontiguousarray(alpha.numpy())
         if p.mode == "blur":
-            back = blur_background_cpu(pixels, weight, p.blur_radius)
+            back = blur_background_cpu(pixels, a8, p.blur_radius)
         else:
             still = self.background(*weight.shape, t)
             if self._back_u8[0] is not still:  # a still background is converted once
