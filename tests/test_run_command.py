@@ -1,0 +1,187 @@
+"""`streamer run` end to end, as a user runs it: a real subprocess, real network (lite, recipe
+weights, small input size), clips with audio written by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.media import count_audio, make_clip, read_video, truncate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def streamer(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def lite(recipe_weights):
+    return [
+        "--variant",
+        "lite",
+        "--weights",
+        str(recipe_weights("lite")),
+        "--size",
+        "64x64",
+        "--device",
+        "cpu",
+    ]
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return make_clip(tmp_path / "clip.mp4", frames=20, size=(96, 64), fps=25, audio=True)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("streamer: error: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_file_job_keeps_every_frame_timestamps_and_audio_in_several_sinks(tmp_path, clip, lite):
+    mov, webm = tmp_path / "out.mov", tmp_path / "out.webm"
+    result = streamer("run", "--source", clip, "--sink", mov, "--sink", webm, "--mode", "rgba", *lite)
+    assert result.returncode == 0, result.stderr
+    assert "frames: 20 in, 20 out, 0 dropped" in result.stderr
+    src_frames, src_pts, src_tb = read_video(clip)
+    for out in (mov, webm):
+        frames, pts, tb = read_video(out, format="rgba")
+        assert len(frames) == 20
+        assert [p * tb for p in pts] == [p * src_tb for p in src_pts]
+        assert frames[0].shape == (64, 96, 4)
+        # Recipe weights give a soft, non-trivial matte: alpha must vary, not be flattened away.
+        assert np.ptp(np.stack(frames)[..., 3]) > 10
+        packets, seconds = count_audio(out)
+        assert packets > 0 and seconds == pytest.approx(count_audio(clip)[1], abs=0.05)
+
+
+def test_batched_file_job_matches_unbatched(tmp_path, clip, lite):
+    outs = []
+    for batch in ("1", "4"):
+        out = tmp_path / f"matte{batch}.mkv"
+        result = streamer("run", "--source", clip, "--sink", out, "--mode", "matte", "--batch", batch, *lite)
+        assert result.returncode == 0, result.stderr
+        outs.append(np.stack(read_video(out, format="gray")[0]).astype(int))
+    assert np.abs(outs[0] - outs[1]).max() <= 1
+
+
+def test_sigint_leaves_a_playable_file_with_the_frames_so_far(tmp_path, lite):
+    long_clip = make_clip(tmp_path / "long.mp4", frames=400, size=(96, 64), fps=25, audio=True)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "run",
+            "--source",
+            long_clip,
+            "--sink",
+            out,
+            *lite,
+            "--batch",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 2000):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    frames, pts, _ = read_video(out)
+    assert 0 < len(frames) < 400
+    assert pts == sorted(pts)
+    packets, seconds = count_audio(out)
+    assert packets > 0 and seconds <= len(frames) / 25 + 0.1
+
+
+def test_existing_output_needs_overwrite(tmp_path, clip, lite):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    assert_one_line_error(streamer("run", "--source", clip, "--sink", out, *lite), "--overwrite")
+    assert out.read_bytes() == b"precious"
+    result = streamer("run", "--source", clip, "--sink", out, "--overwrite", *lite)
+    assert result.returncode == 0, result.stderr
+    assert len(read_video(out)[0]) == 20
+
+
+@pytest.mark.parametrize(
+    ("make_args", "needles"),
+    [
+        (lambda tmp, clip: ["--source", tmp / "missing.mp4", "--sink", tmp / "o.mp4"], ["missing.mp4"]),
+        (lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.xyz"], [".xyz", ".mp4"]),
+        # A regular file where a folder should be: unwritable even for root.
+        (lambda tmp, clip: ["--source", clip, "--sink", clip / "o.mp4"], ["cannot write"]),
+        (
+            lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.mp4", "--mode", "sparkle"],
+            ["composite.mode"],
+        ),
+        (lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.mp4", "--size", "100x100"], ["32"]),
+        (
+            lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.mp4", "--set", "smoothing.strength=7"],
+            ["strength"],
+        ),
+        (
+            lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.mp4", "--config", "nope"],
+            ["config not found"],
+        ),
+    ],
+    ids=[
+        "missing-input",
+        "unknown-sink",
+        "unwritable-output",
+        "bad-mode",
+        "bad-size",
+        "bad-set",
+        "bad-config",
+    ],
+)
+def test_user_mistakes_are_one_line_errors(tmp_path, clip, lite, make_args, needles):
+    assert_one_line_error(streamer("run", *lite, *map(str, make_args(tmp_path, clip))), *needles)
+
+
+def test_corrupt_and_truncated_inputs(tmp_path, lite):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(5000))
+    assert_one_line_error(streamer("run", "--source", junk, "--sink", tmp_path / "a.mp4", *lite), "junk.mp4")
+    clip = make_clip(tmp_path / "c.mp4", frames=30, size=(96, 64), audio=True)
+    cut = truncate(clip, tmp_path / "cut.mp4", 0.6)
+    result = streamer("run", "--source", cut, "--sink", tmp_path / "b.mp4", *lite)
+    if result.returncode == 0:  # what decodes is processed; the output is still complete and playable
+        assert 0 < len(read_video(tmp_path / "b.mp4")[0]) <= 30
+    else:
+        assert_one_line_error(result, "cut.mp4")
+
+
+def test_presets_load(tmp_path, clip, lite):
+    out = tmp_path / "green.mp4"
+    result = streamer("run", "--source", clip, "--sink", out, "--config", "green-screen", *lite)
+    assert result.returncode == 0, result.stderr
+    assert len(read_video(out)[0]) == 20
