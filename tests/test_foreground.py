@@ -16,11 +16,8 @@ def reference_box(x: np.ndarray, k: int) -> np.ndarray:
     pad = [(before, after), (before, after)] + [(0, 0)] * (x.ndim - 2)
     p = np.pad(x.astype(np.float64), pad, mode="reflect")
     h, w = x.shape[:2]
-    out = np.zeros(x.shape, np.float64)
-    for dy in range(k):
-        for dx in range(k):
-            out += p[dy : dy + h, dx : dx + w]
-    return out / (k * k)
+    rows = sum(p[dy : dy + h] for dy in range(k))  # separable: k row shifts, then k column shifts
+    return sum(rows[:, dx : dx + w] for dx in range(k)) / (k * k)
 
 
 def reference_foreground(image: np.ndarray, alpha: np.ndarray, radii=(90, 6)) -> np.ndarray:
