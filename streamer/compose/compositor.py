@@ -101,12 +101,9 @@ class Compositor:
         if key != self._background_key:
             if hasattr(self._background, "close"):
                 self._background.close()
-            kinds = {
-                "color": lambda: SolidBackground(p.color),
-                "image": lambda: ImageBackground(p.background),
-            }
-            kinds["video"] = lambda: VideoBackground(p.background)
-            self._background, self._background_key = kinds[p.mode](), key
+            kind = {"color": SolidBackground, "image": ImageBackground, "video": VideoBackground}[p.mode]
+            self._background = kind(p.color if p.mode == "color" else p.background)
+            self._background_key = key
         return self._background.frame(h, w, t, self.device)
 
     def __call__(self, image: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
