@@ -104,8 +104,11 @@ def _tile_inputs(image, a8, oy, ox):
     # Summed-area tables only of the part of the frame that the tiles' windows read.
     rows = _crop(h, int(ey.min()), int(ey.max()) + SPAN)
     cols = _crop(w, int(ex.min()), int(ex.max()) + SPAN)
-    tables = _pool.map(lambda x: _summed_area(x, rows, cols), (image, a8, high, low))
-    s_img, s_a, s_hi, s_lo = (_box_sums(t, ey - rows[3], ex - cols[3]) for t in tables)
+
+    def sums(x: np.ndarray) -> np.ndarray:  # each table is read and dropped in its own thread
+        return _box_sums(_summed_area(x, rows, cols), ey - rows[3], ex - cols[3])
+
+    s_img, s_a, s_hi, s_lo = _pool.map(sums, (image, a8, high, low))
     s_prod = s_hi * 256 + s_lo
     pix = _windows(image, SPAN)[ey, ex]
     alpha = _windows(a8[..., None], SPAN)[ey, ex]
