@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from streamer.errors import ConfigError
-from streamer.smoothing import SmoothingParams, TemporalSmoother, still_weight
+from streamer.smoothing import (
+    SmoothingParams,
+    TemporalSmoother,
+    grey_cells_opencv,
+    grey_cells_torch,
+    still_weight,
+)
 
 H, W = 48, 64
 
@@ -146,3 +152,10 @@ def test_bad_params_are_one_line_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
         SmoothingParams(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_grey_cells_agree_on_cpu_and_gpu_paths():
+    image = textured_image(4)
+    fast, torch_path = grey_cells_opencv(image, 2), grey_cells_torch(image, 2)
+    assert fast.shape == torch_path.shape == (H // 2, W // 2)
+    assert float((fast - torch_path).abs().max()) < 0.003  # OpenCV rounds luma to 8 bits first
