@@ -170,3 +170,14 @@ def test_bad_params_are_one_line_config_errors(kwargs, message):
     with pytest.raises(ConfigError) as err:
         CompositeParams(**kwargs)
     assert str(err.value) == message
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["matte", "rgba", "color", "blur"])
+def test_gpu_compositor_matches_the_cpu_and_returns_cpu_uint8(mode):
+    image, alpha = portrait()
+    params = CompositeParams(mode=mode, blur_radius=12)
+    on_gpu = Compositor(params, "cuda")(image, alpha.cuda(), 0.0)
+    on_cpu = Compositor(params, "cpu")(image, alpha, 0.0)
+    assert on_gpu.device.type == "cpu" and on_gpu.dtype == torch.uint8
+    assert (on_gpu.int() - on_cpu.int()).abs().max() <= (3 if mode == "blur" else 2)

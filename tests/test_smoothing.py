@@ -159,3 +159,15 @@ def test_grey_cells_agree_on_cpu_and_gpu_paths():
     fast, torch_path = grey_cells_opencv(image, 2), grey_cells_torch(image, 2)
     assert fast.shape == torch_path.shape == (H // 2, W // 2)
     assert float((fast - torch_path).abs().max()) < 0.003  # OpenCV rounds luma to 8 bits first
+
+
+@pytest.mark.cuda
+def test_smoother_runs_on_the_gpu_like_on_the_cpu():
+    gen = torch.Generator().manual_seed(2)
+    on_cpu, on_gpu = TemporalSmoother(SmoothingParams(), "cpu"), TemporalSmoother(SmoothingParams(), "cuda")
+    _, image = scene(30)
+    for i in range(5):
+        alpha = torch.rand(H, W, generator=gen)
+        a, b = on_cpu(alpha, image, i / 30), on_gpu(alpha.cuda(), image, i / 30)
+    assert b.device.type == "cuda"
+    assert float((a - b.cpu()).abs().max()) < 0.02
