@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import re
 import socket
 import threading
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -357,10 +359,33 @@ async def test_unknown_peer_and_bad_size_are_400():
         client = Client(http, base)
         await client.connect()
         status, reply = await client.post("/params", {"size": 100})
-        assert status == 400 and reply["error"].startswith("model.size: 100x100 is not two positive multiples")
+        assert status == 400 and reply["error"].startswith(
+            "model.size: 100x100 is not two positive multiples"
+        )
         async with http.post(f"{base}/background", params={"peer": client.peer}, data=b"not a picture") as r:
             assert r.status == 400 and "not a readable image" in (await r.json())["error"]
         await client.close()
+
+
+async def test_background_upload_switches_that_peer_to_the_picture():
+    from PIL import Image
+
+    server = make_server()
+    async with serving(server) as (http, base):
+        client = Client(http, base)
+        await client.connect()
+        png = io.BytesIO()
+        Image.new("RGB", (32, 24), (255, 255, 0)).save(png, format="PNG")
+        async with http.post(f"{base}/background", params={"peer": client.peer}, data=png.getvalue()) as r:
+            assert r.status == 200 and (await r.json())["background"] == [24, 32, 3]
+        params = server.peers[client.peer].finisher.compositor.params
+        assert params.mode == "image" and Path(params.background).is_file()
+        # Alpha is the red channel here: the blue right half is all background, now yellow.
+        await asyncio.sleep(0.5)
+        right = (await client.wait_frames(2))[-1][:, -40:].reshape(-1, 3).mean(axis=0)
+        assert right[0] > 200 and right[1] > 200 and right[2] < 60, right
+        await client.close()
+        assert not Path(params.background).exists()
 
 
 async def test_page_and_script_are_served_locally():

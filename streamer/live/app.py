@@ -30,6 +30,7 @@ import torch
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from streamer.compose.compositor import MODES
 from streamer.config import update_params
 from streamer.errors import ConfigError
 from streamer.live.peer import Finisher, PeerSession
@@ -39,8 +40,6 @@ from streamer.live.worker import InferenceWorker
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
-MODES = ("matte", "rgba", "color", "image", "video", "blur")
-"""Background modes offered by the page (composite.mode values)."""
 
 
 class BadRequest(Exception):
@@ -116,7 +115,8 @@ class LiveServer:
         self.peers: dict[str, PeerSession] = {}
         self.hub = hub
         self._uploads = itertools.count(1)
-        self.uploads = Path(tempfile.mkdtemp(prefix="streamer-backgrounds-"))
+        self.uploads: Path | None = None
+        """Folder of uploaded background pictures, while the server runs."""
         self._compose_threads = compose_threads
         self.executor: ThreadPoolExecutor | None = None
         self._template: Finisher | None = None
@@ -143,6 +143,7 @@ class LiveServer:
     # -- lifetime -------------------------------------------------------------------------------
     async def _startup(self, app: web.Application) -> None:
         self.executor = ThreadPoolExecutor(self._compose_threads, thread_name_prefix="streamer-compose")
+        self.uploads = Path(tempfile.mkdtemp(prefix="streamer-backgrounds-"))
         self.worker.start()
         if self.hub is not None:
             self.hub.start()
@@ -156,12 +157,14 @@ class LiveServer:
         await self.worker.aclose()
         if self.executor is not None:
             await asyncio.to_thread(self.executor.shutdown)
-        shutil.rmtree(self.uploads, ignore_errors=True)
+        if self.uploads is not None:
+            shutil.rmtree(self.uploads, ignore_errors=True)
 
     def _forget(self, peer: PeerSession) -> None:
         self.peers.pop(peer.id, None)
-        for upload in self.uploads.glob(f"{peer.id}.*"):
-            upload.unlink(missing_ok=True)
+        if self.uploads is not None:
+            for upload in self.uploads.glob(f"{peer.id}.*"):
+                upload.unlink(missing_ok=True)
 
     def _peer(self, peer_id) -> PeerSession:
         peer = self.peers.get(peer_id) if isinstance(peer_id, str) else None
