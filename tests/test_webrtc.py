@@ -321,6 +321,22 @@ async def test_peers_share_the_worker_but_not_their_settings():
     assert server.worker.peers == 0
 
 
+async def test_shutdown_closes_every_peer():
+    server = make_server()
+    async with serving(server) as (http, base):
+        clients = [Client(http, base) for _ in range(2)]
+        for client in clients:
+            await client.connect()
+            await client.wait_frames(1)
+        peers = list(server.peers.values())
+    assert server.peers == {} and all(peer.pc.connectionState == "closed" for peer in peers)
+    assert not any(
+        thread.name.startswith(("streamer-infer", "streamer-compose")) for thread in threading.enumerate()
+    )
+    for client in clients:
+        await client.close(hang_up=False)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
