@@ -51,15 +51,8 @@ def from_windows(x: torch.Tensor, window: int, hp: int, wp: int) -> torch.Tensor
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, d)
 
 
-@functools.lru_cache(maxsize=32)
-def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, dtype: torch.dtype):
-    """Additive (nW, 1, N, N) mask that keeps tokens from attending across the seams of the roll.
-
-    Cached per padded map size: it depends on no parameter, and every shifted block of a stage
-    (and every frame of a video) reuses it. The per-block relative-position bias is added at
-    call time instead of being cached with it, because the combined (nW, heads, N, N) tensors
-    of all blocks would cost over a gigabyte for Swin-L at 1024x1024.
-    """
+def make_shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, dtype: torch.dtype):
+    """Additive (nW, 1, N, N) mask that keeps tokens from attending across the seams of the roll."""
 
     def bands(n: int) -> torch.Tensor:
         idx = torch.arange(n, device=device)
@@ -70,6 +63,19 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, 
     different = labels[:, :, None] != labels[:, None, :]
     mask = torch.zeros(different.shape, device=device, dtype=dtype)
     return mask.masked_fill_(different, float("-inf"))[:, None]
+
+
+# Cached per padded map size: the mask depends on no parameter, and every shifted block of a stage
+# (and every frame of a video) reuses it. The per-block relative-position bias is added at call
+# time instead of being cached with it: the combined (nW, heads, N, N) tensors of all blocks would
+# cost over a gigabyte for Swin-L at 1024x1024.
+_cached_shift_mask = functools.lru_cache(maxsize=32)(make_shift_mask)
+
+
+def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, dtype: torch.dtype):
+    # Under torch.compile the mask is traced into the graph (a constant) instead of looked up.
+    build = make_shift_mask if torch.compiler.is_compiling() else _cached_shift_mask
+    return build(hp, wp, window, shift, device, dtype)
 
 
 class WindowAttention(nn.Module):
