@@ -5,6 +5,7 @@ Every failure a user can fix becomes a one-line `WeightsError` naming the fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -48,14 +49,19 @@ def fetch_from_hub(repo_id: str) -> Path:
             f"weights of {repo_id} are not in the Hugging Face cache {cache} and HF_HUB_OFFLINE is set "
             f"(download them once online, or pass --weights PATH to a local .safetensors/.pth file)"
         ) from cached_error
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    # Its per-retry warnings would print twice (its handler and ours); our one line says it all.
+    hub_log.setLevel(logging.ERROR)
     try:
         return Path(hf_hub_download(repo_id, FILENAME, cache_dir=cache))
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WeightsError(
-            f"cannot download {FILENAME} of {repo_id} and it is not in the Hugging Face cache {cache} "
-            f"({reason[:160]}); connect to the internet once, or pass --weights PATH to a local file"
+            f"cannot download {FILENAME} of {repo_id} ({type(err).__name__}: no connection to the Hub?) and "
+            f"it is not in the Hugging Face cache {cache}; connect once, or pass --weights PATH to a local file"
         ) from err
+    finally:
+        hub_log.setLevel(level)
 
 
 def resolve_weights(weights: str | os.PathLike | None, variant: str) -> Path:
