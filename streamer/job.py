@@ -50,7 +50,9 @@ def open_output(spec: str, info, config: JobConfig):
         from streamer.sinks.vcam import open_vcam
 
         # A file played into the camera keeps every frame; a live source feeds the latest one.
-        return open_vcam(config.vcam, width=info.width, height=info.height, fps=info.fps, every_frame=not info.live)
+        return open_vcam(
+            config.vcam, width=info.width, height=info.height, fps=info.fps, every_frame=not info.live
+        )
     from streamer.sinks.open import open_sink
 
     return open_sink(spec, info=info, overwrite=config.output.overwrite, crf=config.output.crf)
@@ -95,7 +97,7 @@ _COMMANDS = {
     "color": ("compositor", "composite", "color"),
     "colour": ("compositor", "composite", "color"),
     "background": ("compositor", "composite", "background"),
-    "blur": ("compositor", "composite", "blur"),
+    "blur": ("compositor", "composite", "blur_radius"),
     "mirror": ("compositor", "composite", "mirror"),
     "smoothing": ("smoother", "smoothing", "enabled"),
     "strength": ("smoother", "smoothing", "strength"),

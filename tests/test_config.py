@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from streamer.config import (
+    CONFIG_DIR,
     OutputParams,
     build_params,
     load_config,
@@ -105,3 +106,9 @@ def test_bad_config_files(tmp_path, text, message):
 def test_missing_preset_lists_the_presets():
     with pytest.raises(ConfigError, match=r"config not found: nope \(give a YAML path or a preset: "):
         load_config("nope")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_preset_is_valid(preset):
+    config = load_config(preset)
+    assert config.model.size[0] % 32 == 0

@@ -94,7 +94,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict]:
             "mode": args.mode,
             "color": args.color,
             "background": args.background,
-            "blur": args.blur,
+            "blur_radius": args.blur,
             "mirror": args.mirror,
         },
         "smoothing": {
@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if any(s == "webrtc" for s in args.sink):
         if len(args.sink) > 1:
             raise ConfigError("--sink webrtc cannot be combined with other sinks (run it as its own job)")
-        from streamer.live.preview import serve_source
+        from streamer.live.serve import ServeParams, serve
 
-        return serve_source(args.source, config)
+        return serve(ServeParams(source=args.source), config)
     job = build_job(args, config)
     return asyncio.run(_run_job(job, args, config.output))
 

@@ -1,0 +1,62 @@
+"""Changing the look of a running live job without a restart (`streamer run` stdin controls)."""
+
+import asyncio
+
+import pytest
+
+from streamer.config import load_config
+from streamer.job import Controls, Job, build_processing
+from streamer.pipeline.runner import Pipeline
+from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
+from tests.harness import ListSink, ListSource, make_frames
+
+
+@pytest.fixture
+def job(recipe_weights):
+    config = load_config(
+        None,
+        {
+            "model": {
+                "variant": "lite",
+                "weights": str(recipe_weights("lite")),
+                "size": "64x64",
+                "device": "cpu",
+            },
+            "composite": {"mode": "color"},
+        },
+    )
+    engine, smoother, compositor = build_processing(config)
+    return Job(None, [], engine, smoother, compositor, live=True, batch_size=1)
+
+
+def test_commands_replace_params_and_reject_bad_values(job):
+    controls = Controls(job)
+    assert controls.apply("mode blur") == "composite.mode = blur"
+    assert controls.apply("blur 40") == "composite.blur_radius = 40"
+    assert controls.apply("color #0000ff") == "composite.color = (0, 0, 255)"
+    assert controls.apply("smoothing off") == "smoothing.enabled = False"
+    assert controls.apply("strength 0.8") == "smoothing.strength = 0.8"
+    assert job.compositor.params.mode == "blur" and job.compositor.params.blur_radius == 40
+    assert not job.smoother.params.enabled
+    reply = controls.apply("mode sparkle")
+    assert reply.startswith("not changed: composite.mode: 'sparkle' is not one of")
+    assert job.compositor.params.mode == "blur"
+    assert controls.apply("jump 3").startswith("unknown command")
+    assert "mode VALUE" in controls.apply("help")
+
+
+async def test_change_applies_to_the_running_pipeline(job):
+    frames = make_frames(150, size=(48, 64))
+    sink = ListSink()
+    stages = [InferStage(job.engine), SmoothStage(job.smoother), CompositeStage(job.compositor)]
+    pipe = Pipeline(ListSource(frames, live=True, interval=0.03), stages, [sink], live=True)
+    task = asyncio.create_task(pipe.run())
+    while not sink.frames and not task.done():
+        await asyncio.sleep(0.02)
+    Controls(job).apply("mode matte")
+    await asyncio.wait_for(task, 60)
+    channels = [f.output.shape[-1] for f in sink.frames]
+    assert channels[0] == 3 and channels[-1] == 1
+    # One switch, no restart: once the matte shows, it stays.
+    first_matte = channels.index(1)
+    assert set(channels[first_matte:]) == {1}
