@@ -12,7 +12,8 @@ import asyncio
 import signal
 import sys
 
-from streamer.config import OutputParams, load_config, parse_assignment
+from streamer.commands import options
+from streamer.config import OutputParams, load_config
 from streamer.errors import ConfigError
 from streamer.pipeline.runner import Pipeline
 from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
@@ -35,27 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="output: a path (.mp4 .mov .webm .mkv, frames/%%05d.png), 'vcam' or 'webrtc'; repeat for several",
     )
-    p.add_argument(
-        "--config", help="YAML file or preset name from configs/ (e.g. prores-alpha, green-screen)"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config value")
-    model = p.add_argument_group("model")
-    model.add_argument("--variant", choices=("portrait", "lite", "general"))
-    model.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
-    model.add_argument("--size", help="network input size HxW, multiples of 32 (default 1024x1024)")
-    model.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    model.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
-    model.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
-    model.add_argument("--batch", type=int, help="frames per inference call for file jobs")
-    comp = p.add_argument_group("compositing")
-    comp.add_argument("--mode", help="matte, rgba, color, image, video or blur")
-    comp.add_argument("--color", help="background colour for --mode color, e.g. green or '#00ff00'")
-    comp.add_argument("--background", help="background image or video for --mode image/video")
-    comp.add_argument("--blur", help="background blur strength for --mode blur")
-    comp.add_argument("--mirror", action="store_true", default=None, help="flip horizontally (webcams)")
-    smooth = p.add_argument_group("temporal smoothing")
-    smooth.add_argument("--smoothing", choices=("on", "off"))
-    smooth.add_argument("--strength", help="smoothing strength 0..1")
+    options.add_config_options(p)
+    options.add_model_options(p)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    p.add_argument("--batch", type=int, help="frames per inference call for file jobs")
+    options.add_look_options(p)
     out = p.add_argument_group("output")
     out.add_argument("--overwrite", action="store_true", default=None, help="replace existing output files")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -78,42 +63,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, dict]:
-    """Options given on the command line, by config section (unset options are None)."""
-    result: dict[str, dict] = {
-        "model": {
-            "variant": args.variant,
-            "weights": args.weights,
-            "size": args.size,
-            "device": args.device,
-            "dtype": args.dtype,
-            "compile": args.compile,
-            "batch_size": args.batch,
-        },
-        "composite": {
-            "mode": args.mode,
-            "color": args.color,
-            "background": args.background,
-            "blur_radius": args.blur,
-            "mirror": args.mirror,
-        },
-        "smoothing": {
-            "enabled": None if args.smoothing is None else args.smoothing == "on",
-            "strength": args.strength,
-        },
-        "output": {"overwrite": args.overwrite, "progress": args.progress},
-        "vcam": {},
-    }
-    for text in args.set:
-        section, key, value = parse_assignment(text)
-        result.setdefault(section, {})[key] = value
-    return result
+RUN_OPTIONS = {
+    "compile": ("model", "compile"),
+    "batch": ("model", "batch_size"),
+    "overwrite": ("output", "overwrite"),
+    "progress": ("output", "progress"),
+}
 
 
 def run(args: argparse.Namespace) -> int:
     from streamer.job import build_job
 
-    config = load_config(args.config, overrides_from_args(args))
+    config = load_config(
+        args.config,
+        options.overrides_from_args(args, options.MODEL_OPTIONS, options.LOOK_OPTIONS, RUN_OPTIONS),
+    )
     if any(s == "webrtc" for s in args.sink):
         if len(args.sink) > 1:
             raise ConfigError("--sink webrtc cannot be combined with other sinks (run it as its own job)")

@@ -166,6 +166,7 @@ class Pipeline:
             # already past inference still reaches the sinks.
             self.stats.discarded += len(batch)
             return
+
         def call() -> tuple[list[Frame], float]:
             start = time.perf_counter()
             try:

@@ -1,0 +1,73 @@
+"""Command-line options shared by `run`, `serve` and `image`, and how they map onto config keys.
+
+Every option defaults to None ("not given"), so a config file's value survives unless the
+option is on the command line: defaults < config file < options.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from streamer.config import parse_assignment
+
+# option dest -> (config section, key)
+MODEL_OPTIONS = {
+    "variant": ("model", "variant"),
+    "weights": ("model", "weights"),
+    "size": ("model", "size"),
+    "device": ("model", "device"),
+    "dtype": ("model", "dtype"),
+}
+LOOK_OPTIONS = {
+    "mode": ("composite", "mode"),
+    "color": ("composite", "color"),
+    "background": ("composite", "background"),
+    "blur": ("composite", "blur_radius"),
+    "mirror": ("composite", "mirror"),
+    "smoothing": ("smoothing", "enabled"),
+    "strength": ("smoothing", "strength"),
+}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file or preset name from configs/ (options override it)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config value"
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser, title: str = "model") -> None:
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        "--variant", choices=("portrait", "lite", "general"), help="network (default portrait)"
+    )
+    group.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
+    group.add_argument("--size", help="network input size HxW, multiples of 32 (default 1024x1024)")
+    group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+
+
+def add_look_options(parser: argparse.ArgumentParser, title: str = "compositing and smoothing") -> None:
+    group = parser.add_argument_group(title)
+    group.add_argument("--mode", help="matte, rgba, color, image, video or blur")
+    group.add_argument("--color", help="background colour for --mode color, e.g. green or '#00ff00'")
+    group.add_argument("--background", help="background image or video for --mode image/video")
+    group.add_argument("--blur", help="background blur radius in pixels for --mode blur")
+    group.add_argument("--mirror", action="store_true", default=None, help="flip horizontally (webcams)")
+    group.add_argument("--smoothing", choices=("on", "off"), help="temporal smoothing of the matte")
+    group.add_argument("--strength", help="smoothing strength 0..1")
+
+
+def overrides_from_args(args: argparse.Namespace, *tables: dict[str, tuple[str, str]]) -> dict[str, dict]:
+    """The options given on the command line (and every --set), by config section."""
+    result: dict[str, dict] = {}
+    for table in tables:
+        for dest, (section, key) in table.items():
+            value = getattr(args, dest, None)
+            if dest == "smoothing" and value is not None:
+                value = value == "on"
+            result.setdefault(section, {})[key] = value
+    for text in getattr(args, "set", []):
+        section, key, value = parse_assignment(text)
+        result.setdefault(section, {})[key] = value
+    return result
