@@ -108,7 +108,8 @@ async def test_stop_drains_in_flight_frames_and_closes_sinks():
     assert 0 < len(sink.frames) < 1000 and sink.closed == 1
     # Every frame that got through inference was delivered; the rest were let go, not lost.
     assert stats.frames_in == len(sink.frames) + stats.discarded
-    assert stats.discarded <= 2
+    # At most what the queue before inference held, plus the frame the reader was handing over.
+    assert stats.discarded <= pipe.queue_size + 1
     assert [f.index for f in sink.frames] == list(range(len(sink.frames)))
 
 
