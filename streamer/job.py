@@ -35,6 +35,11 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
     try:
         for spec in args.sink:
             sinks.append(open_output(spec, source.info, config))
+        if getattr(args, "preview", False):
+            from streamer.sinks.preview import PreviewSink
+
+            sinks.append(PreviewSink(port=args.preview_port))
+            print(f"streamer: preview at {sinks[-1].url}", file=sys.stderr)
         engine, smoother, compositor = build_processing(config)
     except BaseException:
         for sink in sinks:

@@ -44,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--overwrite", action="store_true", default=None, help="replace existing output files")
     out.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    out.add_argument(
+        "--preview",
+        action="store_true",
+        help="also show the output in a browser tab (MJPEG at http://127.0.0.1:PORT/)",
+    )
+    out.add_argument("--preview-port", type=int, default=8090, help="port of --preview (default %(default)s)")
     live = p.add_argument_group("live sources")
     live.add_argument("--fps", type=float, help="camera frame rate to request, or image-folder frame rate")
     live.add_argument("--width", type=int, help="camera width to request")
