@@ -322,6 +322,8 @@ def print_table(rows: list[dict]) -> None:
 async def main_async(args, weights: Path) -> list[dict]:
     rows = []
     for path in args.paths.split(","):
+        if path not in ("direct", "webrtc"):
+            raise SystemExit(f"bench_live: unknown path {path!r} (use direct, webrtc or direct,webrtc)")
         for size in args.frame_sizes:
             measures = Measures()
             server = make_server(args, weights, measures)
@@ -343,7 +345,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--paths", default="direct,webrtc", help="direct, webrtc or both")
+    parser.add_argument("--paths", default="direct,webrtc", help="comma-separated: direct, webrtc")
     args = parser.parse_args()
     args.frame_sizes = [tuple(int(v) for v in s.split("x")) for s in args.frame_sizes.split(",")]
     args.model_size = parse_size(args.model_size)

@@ -1,0 +1,131 @@
+"""End-to-end file throughput against model-only throughput and against a naive loop.
+
+All three run the same clip with the same engine settings (recipe weights: the speed of the
+network does not depend on the values of its weights):
+
+- model only: the frames are decoded into memory first, then only `engine.predict` is timed;
+- pipeline: `streamer run`'s Pipeline (decode, infer, smooth, composite, encode in their own
+  threads, bounded queues);
+- naive: decode, infer, smooth, composite, encode one after another in one thread.
+
+Target: pipeline >= 0.9 x model only. Usage:
+    python scripts/bench_pipeline.py --variant lite --size 256 --frames 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from safetensors.torch import save_file  # noqa: E402
+
+from streamer.compose.compositor import CompositeParams, Compositor  # noqa: E402
+from streamer.config import parse_size  # noqa: E402
+from streamer.engine import EngineParams, MattingEngine  # noqa: E402
+from streamer.model.recipe import make_state_dict  # noqa: E402
+from streamer.pipeline.runner import Pipeline  # noqa: E402
+from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage  # noqa: E402
+from streamer.sinks.open import open_sink  # noqa: E402
+from streamer.smoothing import SmoothingParams, TemporalSmoother  # noqa: E402
+from streamer.sources.open import open_source  # noqa: E402
+from tests.media import make_clip  # noqa: E402
+
+
+def batches(items, size):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def model_only(engine, clip: Path, batch: int) -> float:
+    source = open_source(str(clip))
+    images = [f.image for f in source.frames()]
+    source.close()
+    engine.predict(torch.stack(images[:batch]))  # warm-up
+    start = time.perf_counter()
+    for group in batches(images, batch):
+        engine.predict(torch.stack(group))
+    return len(images) / (time.perf_counter() - start)
+
+
+def pipeline(engine, clip: Path, out: Path, batch: int, composite: CompositeParams) -> tuple[float, object]:
+    source = open_source(str(clip))
+    sink = open_sink(str(out), info=source.info, overwrite=True)
+    stages = [
+        InferStage(engine),
+        SmoothStage(TemporalSmoother(SmoothingParams(), engine.device)),
+        CompositeStage(Compositor(composite, engine.device)),
+    ]
+    pipe = Pipeline(source, stages, [sink], live=False, batch_size=batch)
+    start = time.perf_counter()
+    stats = asyncio.run(pipe.run())
+    return stats.frames_out[0] / (time.perf_counter() - start), stats
+
+
+def naive(engine, clip: Path, out: Path, composite: CompositeParams) -> float:
+    source = open_source(str(clip))
+    sink = open_sink(str(out), info=source.info, overwrite=True)
+    smoother = TemporalSmoother(SmoothingParams(), engine.device)
+    compositor = Compositor(composite, engine.device)
+    start = time.perf_counter()
+    count = 0
+    for frame in source.frames():
+        alpha = engine.predict(frame.image)
+        frame.alpha = smoother(alpha, frame.image, frame.time)
+        frame.output = compositor(frame.image, frame.alpha, frame.time)
+        sink.write(frame)
+        count += 1
+    sink.close()
+    source.close()
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="lite")
+    parser.add_argument("--size", default="256", help="network input HxW")
+    parser.add_argument("--clip", default="640x360", help="clip size WxH")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--mode", default="color", help="composite mode")
+    parser.add_argument("--rounds", type=int, default=2, help="alternate the three measurements this often")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.clip.split("x"))
+    size = parse_size(args.size)
+    composite = CompositeParams(mode=args.mode)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = make_clip(tmp / "clip.mp4", frames=args.frames, size=(width, height), fps=30, audio=True)
+        weights = tmp / f"{args.variant}.safetensors"
+        save_file(make_state_dict(args.variant), str(weights))
+        engine = MattingEngine.from_params(
+            EngineParams(variant=args.variant, weights=str(weights), size=size, device="cpu")
+        )
+        results: dict[str, list[float]] = {"model only": [], "pipeline": [], "naive loop": []}
+        for _ in range(args.rounds):
+            results["model only"].append(model_only(engine, clip, args.batch))
+            fps, stats = pipeline(engine, clip, tmp / "out.mp4", args.batch, composite)
+            results["pipeline"].append(fps)
+            results["naive loop"].append(naive(engine, clip, tmp / "naive.mp4", composite))
+    best = {name: max(v) for name, v in results.items()}
+    print(
+        f"\n{args.variant} at {size[0]}x{size[1]}, clip {width}x{height} x {args.frames} frames, "
+        f"batch {args.batch}, mode {args.mode}, torch threads {torch.get_num_threads()}, best of {args.rounds}"
+    )
+    print("| run | frames/s | vs model only |")
+    print("| --- | --- | --- |")
+    for name, fps in best.items():
+        print(f"| {name} | {fps:.2f} | {fps / best['model only']:.2f} |")
+    print(f"\npipeline / naive loop: {best['pipeline'] / best['naive loop']:.2f}x")
+    print(stats.summary())
+
+
+if __name__ == "__main__":
+    main()
