@@ -22,7 +22,8 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=25)
     args = parser.parse_args()
     if Path(args.path).exists():
-        sys.exit(f"make_sample_clip: {args.path} exists (choose another name)")
+        print(f"{args.path} exists: kept as it is")  # never overwrite what the user has
+        return
     width, height = (int(v) for v in args.size.lower().split("x"))
     frames = max(1, round(args.seconds * args.fps))
     make_clip(args.path, frames=frames, size=(width, height), fps=args.fps, audio=True)
