@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
+
 from streamer.frame import Frame
 
 
@@ -30,8 +32,6 @@ class InferStage:
         images = [f.image for f in frames]
         if len({tuple(img.shape) for img in images}) == 1:
             # One stacked tensor lets the engine resize the whole batch in one call.
-            import torch
-
             alphas = list(self.engine.predict(torch.stack(images)))
         else:
             alphas = self.engine.predict(images)
