@@ -18,8 +18,6 @@ from streamer.errors import ConfigError
 from streamer.pipeline.runner import Pipeline
 from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
 
-SPECIAL_SINKS = ("vcam", "webrtc")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
