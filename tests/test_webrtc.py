@@ -142,6 +142,18 @@ class PictureTrack(VideoStreamTrack):
         return frame
 
 
+class OneFrameTrack(PictureTrack):
+    """A camera that sends one frame and then nothing more."""
+
+    async def recv(self) -> VideoFrame:
+        if self.sent:
+            await asyncio.Event().wait()
+        self.sent = True
+        return await super().recv()
+
+    sent = False
+
+
 def halves(height: int = 96, width: int = 128) -> np.ndarray:
     """Left half red, right half blue."""
     picture = np.zeros((height, width, 3), np.uint8)
@@ -176,8 +188,12 @@ class Client:
         except MediaStreamError:
             pass
 
-    async def connect(self, picture: np.ndarray | None = HALVES) -> dict:
-        if picture is None:
+    async def connect(
+        self, picture: np.ndarray | None = HALVES, track: VideoStreamTrack | None = None
+    ) -> dict:
+        if track is not None:
+            self.pc.addTrack(track)
+        elif picture is None:
             self.pc.addTransceiver("video", direction="recvonly")
         else:
             self.pc.addTrack(PictureTrack(picture))
@@ -295,6 +311,24 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         await client.wait_frames(2)
         await client.close()
     assert server.peers == {}
+
+
+async def test_a_lone_frame_is_matted_without_waiting_for_the_next():
+    # aiortc's own jitter buffer would hold this frame until a next frame's packets arrived:
+    # the server releases a frame on its last (marked) packet instead.
+    server = make_server()
+    async with serving(server) as (http, base):
+        client = Client(http, base)
+        await client.connect(track=OneFrameTrack(HALVES))
+        peer = server.peers[client.peer]
+        deadline = time.monotonic() + 20
+        while peer.track.published == 0:
+            assert time.monotonic() < deadline, (
+                f"the frame never reached the worker ({peer.received} received)"
+            )
+            await asyncio.sleep(0.02)
+        assert peer.received == 1
+        await client.close()
 
 
 async def test_peers_share_the_worker_but_not_their_settings():

@@ -33,6 +33,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from streamer.compose.compositor import MODES
 from streamer.config import update_params
 from streamer.errors import ConfigError
+from streamer.live.jitter import release_on_marker
 from streamer.live.peer import Finisher, PeerSession
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
@@ -204,6 +205,9 @@ class LiveServer:
 
         try:
             await pc.setRemoteDescription(description)
+            for receiver in pc.getReceivers():
+                if receiver.track is not None and receiver.track.kind == "video":
+                    release_on_marker(receiver)
             if self.hub is not None:
                 pc.addTrack(peer.track)
                 peer.attach_frames(self.hub.frames)
