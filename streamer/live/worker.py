@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from streamer.frame import Frame
+from streamer.priority import BACKGROUND_NICE, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class InferenceWorker:
 
     `engine` needs `predict(images)` as in `streamer.engine.MattingEngine`. `resize(size)`,
     when given, is called in the worker thread between batches after `set_size` and returns
-    the engine to use from then on (the input size is shared by all peers).
+    the engine to use from then on (the input size is shared by all peers). The thread runs
+    `nice` steps below the rest of the process (`streamer.priority`), so that decoding,
+    compositing and encoding each frame never wait behind the network.
     """
 
     def __init__(
@@ -125,8 +128,10 @@ class InferenceWorker:
         *,
         resize: Callable[[tuple[int, int]], object] | None = None,
         size: tuple[int, int] | None = None,
+        nice: int = BACKGROUND_NICE,
     ) -> None:
         self.engine = engine
+        self.nice = nice
         self._resize = resize
         self.size = size
         self._pending_size: tuple[int, int] | None = None
@@ -202,6 +207,7 @@ class InferenceWorker:
                 self._cond.wait()
 
     def _run(self) -> None:
+        lower_thread_priority(self.nice)
         while (job := self._next_batch()) is not None:
             batch, size = job
             if size is not None:
@@ -211,6 +217,7 @@ class InferenceWorker:
             started = time.monotonic()
             try:
                 frames = [slot._prepare(item) if slot._prepare else item for slot, item in batch]
+                started = time.monotonic()  # the engine's time only, not the RGB conversion
                 alphas = self._predict([frame.image for frame in frames])
                 results: list[Frame | BaseException] = []
                 infer_s = time.monotonic() - started

@@ -21,6 +21,7 @@ from streamer.frame import Frame
 from streamer.pipeline.queues import END, make_queue
 from streamer.pipeline.stages import Stage
 from streamer.pipeline.stats import PipelineStats
+from streamer.priority import lower_thread_priority
 from streamer.sinks.base import Sink
 from streamer.sources.base import Source
 
@@ -83,8 +84,12 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         executors: list[concurrent.futures.ThreadPoolExecutor] = []
 
-        def executor(name: str) -> concurrent.futures.ThreadPoolExecutor:
-            ex = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamer-{name}")
+        def executor(name: str, background: bool = False) -> concurrent.futures.ThreadPoolExecutor:
+            ex = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"streamer-{name}",
+                initializer=lower_thread_priority if background else None,
+            )
             executors.append(ex)
             return ex
 
@@ -98,7 +103,16 @@ class Pipeline:
                 group.create_task(self._read_source(loop, executor("source"), hops[0]))
                 for i, stage in enumerate(self.stages):
                     group.create_task(
-                        self._run_stage(loop, executor(stage.name), stage, hops[i], hops[i + 1])
+                        self._run_stage(
+                            loop,
+                            # Live: capture, compositing and the sinks must not wait behind the network.
+                            executor(
+                                stage.name, background=self.live and getattr(stage, "compute_bound", False)
+                            ),
+                            stage,
+                            hops[i],
+                            hops[i + 1],
+                        )
                     )
                 group.create_task(self._fan_out(hops[-1], sink_queues))
                 for i, (sink, queue, ex) in enumerate(

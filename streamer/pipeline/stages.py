@@ -24,6 +24,8 @@ class InferStage:
     """Sets `frame.alpha` with the matting engine, one engine call per batch."""
 
     name = "infer"
+    compute_bound = True
+    """Long CPU/GPU work per call: live pipelines run it at a lower thread priority."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
