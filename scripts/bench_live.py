@@ -210,7 +210,12 @@ class StampedTrack(VideoStreamTrack):
 
     def __init__(self, size, fps: float, sent_at: dict[int, float]) -> None:
         super().__init__()
-        self.pictures = synthetic_frames(size)
+        # Cameras deliver YUV: convert once here, so the client's encoder does not pay an RGB
+        # conversion per frame on the two cores the server needs.
+        self.pictures = [
+            VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p").to_ndarray()
+            for p in synthetic_frames(size)
+        ]
         self.fps = fps
         self.sent_at = sent_at
         self.n = 0
@@ -221,7 +226,7 @@ class StampedTrack(VideoStreamTrack):
             self.start = time.monotonic()
         due = self.start + self.n / self.fps
         await asyncio.sleep(max(0.0, due - time.monotonic()))
-        frame = VideoFrame.from_ndarray(self.pictures[self.n % len(self.pictures)], format="rgb24")
+        frame = VideoFrame.from_ndarray(self.pictures[self.n % len(self.pictures)], format="yuv420p")
         frame.pts, frame.time_base = self.n * 3000, CLOCK
         self.sent_at[frame.pts] = time.monotonic()
         self.n += 1
