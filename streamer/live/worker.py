@@ -5,6 +5,13 @@ replaces it and the replaced one counts as a drop) and at most one frame inside 
 engine, so latency never builds up however slow the model is. Whenever the thread is
 free it takes the waiting frame of every slot that has nothing in flight and runs them
 through the engine in one `predict` call: peers share the GPU/CPU, not a queue.
+
+When the network is much slower than the cameras (a CPU), the frame waiting when the thread
+comes free is, on average, half a frame interval old, and that age is added to everything
+the viewer sees. So if a waiting frame is stale (older than half its camera's interval) and
+its successor is due soon, the thread waits for it, but only while the wait costs at most
+`FRESH_WAIT_SHARE` of a batch's time: never on a GPU, where inference is quicker than a
+frame interval and the thread is idle when frames arrive anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from streamer.priority import BACKGROUND_NICE, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
+FRESH_WAIT_SHARE = 0.05
+"""The longest the worker waits for fresher frames, as a share of its last batch's time."""
+
 
 class SlotClosed(Exception):
     """The slot was closed while someone awaited its next result."""
@@ -37,6 +47,9 @@ class WorkerStats:
     last_infer_s: float = 0.0
     total_infer_s: float = 0.0
     max_batch_size: int = 0
+    fresh_waits: int = 0
+    """Batches started late to take frames that had just arrived, and the total time so spent."""
+    fresh_wait_s: float = 0.0
 
     @property
     def mean_infer_s(self) -> float:
@@ -51,6 +64,10 @@ class WorkerSlot:
         self._worker = worker
         self._prepare = prepare
         self._waiting: object | None = None
+        self._waiting_since = 0.0
+        self._last_put: float | None = None
+        self.interval: float | None = None
+        """Smoothed seconds between two frames put (None until there were two)."""
         self._in_flight = False
         self._result: Frame | BaseException | None = None
         self._ready = asyncio.Event()
@@ -71,10 +88,13 @@ class WorkerSlot:
         is then done in the worker thread, and only for frames that are not dropped."""
         if self.closed:
             return
+        now = time.monotonic()
         with self._worker._cond:
             if self._waiting is not None:
                 self.dropped += 1
             self._waiting = frame
+            self._waiting_since = now
+            self._note_interval(now)
             self.submitted += 1
             self._worker._cond.notify()
 
@@ -93,7 +113,23 @@ class WorkerSlot:
     def close(self) -> None:
         self._worker._remove(self)
 
+    def _note_interval(self, now: float) -> None:
+        if self._last_put is not None:
+            gap = now - self._last_put
+            if gap < 1.0:  # a pause is not a frame rate
+                self.interval = gap if self.interval is None else self.interval + 0.1 * (gap - self.interval)
+        self._last_put = now
+
     # Called by the worker thread with the lock held.
+    def _successor_due(self, now: float) -> tuple[float, float] | None:
+        """(expected, latest) arrival of the successor of a stale waiting frame; None if not stale."""
+        if self._waiting is None or self._in_flight or self.closed or self.interval is None:
+            return None
+        if now - self._waiting_since <= self.interval / 2:
+            return None
+        # A quarter interval more before giving up, for network jitter.
+        return self._waiting_since + self.interval, self._waiting_since + 1.25 * self.interval
+
     def _take(self) -> object | None:
         if self.closed or self._in_flight or self._waiting is None:
             return None
@@ -197,14 +233,33 @@ class InferenceWorker:
 
     def _next_batch(self) -> tuple[list[tuple[WorkerSlot, object]], tuple[int, int] | None] | None:
         with self._cond:
+            waited_from = None
             while True:
                 if self._stopping:
                     return None
+                now = time.monotonic()
+                budget = FRESH_WAIT_SHARE * self.stats.last_infer_s
+                due = None if self._pending_size else self._fresher_frames_due(now, budget)
+                if due is not None and (deadline := min(due, (waited_from or now) + budget)) > now:
+                    waited_from = waited_from or now
+                    self._cond.wait(deadline - now)
+                    continue
                 batch = [(slot, item) for slot in self._slots if (item := slot._take()) is not None]
                 size, self._pending_size = self._pending_size, None
                 if batch or size:
+                    if waited_from is not None:
+                        self.stats.fresh_waits += 1
+                        self.stats.fresh_wait_s += time.monotonic() - waited_from
                     return batch, size
                 self._cond.wait()
+
+    def _fresher_frames_due(self, now: float, budget: float) -> float | None:
+        """Until when to wait for the successors of stale frames, or None to start now (lock held)."""
+        dues = [due for slot in self._slots if (due := slot._successor_due(now)) is not None]
+        if not dues:
+            return None
+        expected, latest = max(d[0] for d in dues), max(d[1] for d in dues)
+        return latest if expected - now <= budget else None
 
     def _run(self) -> None:
         lower_thread_priority(self.nice)
