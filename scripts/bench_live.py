@@ -15,7 +15,8 @@ Two paths, each at every frame size asked for:
   at the low frame rates of a CPU that would add a whole output interval that a browser
   never sees. Decoding one frame adds a few ms.
 
-Both report latency p50/p95, delivered fps, drops, mean inference time and the largest depth
+Both report latency p50/p95, delivered fps, drops, mean inference time, the share of time the
+worker waited for fresher frames (`fresh_wait`, see streamer.live.worker) and the largest depth
 seen of each hand-over point (slot waiting/in flight/result, output track), whose bounds are 1.
 Target: p95 latency <= inference time + 2 frame intervals, judged per frame: `over` is a frame's
 latency minus the time its own batch spent in the engine (so a busy machine's slow inference
@@ -153,6 +154,8 @@ def row(path, size, duration, measures: Measures, delivered, dropped, server, fp
         "fps_out": round(delivered / duration, 2),
         "drops": dropped,
         "batches": server.worker.stats.batches,
+        # Time the worker spent waiting for fresher frames, as a share of its engine time.
+        "fresh_wait": f"{server.worker.stats.fresh_wait_s / max(server.worker.stats.total_infer_s, 1e-9):.1%}",
         "max_depth": "/".join(str(v) for v in depths.max.values()),
         "drift": drift_ms(lat),
     }
