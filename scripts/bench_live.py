@@ -10,18 +10,21 @@ Two paths, each at every frame size asked for:
   sender -> the last RTP packet of that frame back at the client. The client keeps a map
   pts -> send time and reads the pts the server copied onto the returned frame (aiortc adds a
   random RTP timestamp origin per sender; the benchmark fixes it at 0 so the pts comes back
-  unchanged). Arrival, not decode, ends the measure because aiortc's jitter buffer releases a
-  frame only when the *next* frame's first packet arrives (browsers use the marker bit):
-  at the low frame rates of a CPU that would add a whole output interval that a browser
-  never sees. Decoding one frame adds a few ms.
+  unchanged). Arrival, not decode, ends the measure because the client's (stock aiortc)
+  jitter buffer releases a frame only when the *next* frame's first packet arrives: at the
+  low frame rates of a CPU that would add a whole output interval that a browser (and the
+  server, see streamer.live.jitter) never waits. Decoding one frame adds a few ms.
 
 Both report latency p50/p95, delivered fps, drops, mean inference time, the share of time the
 worker waited for fresher frames (`fresh_wait`, see streamer.live.worker) and the largest depth
 seen of each hand-over point (slot waiting/in flight/result, output track), whose bounds are 1.
 Target: p95 latency <= inference time + 2 frame intervals, judged per frame: `over` is a frame's
 latency minus the time its own batch spent in the engine (so a busy machine's slow inference
-does not hide or excuse the overhead), and `met` says whether over_p95 <= 2 frame intervals. Weights: the deterministic recipe (speed
-does not depend on weight values). Usage:
+does not hide or excuse the overhead), and `met` says whether over_p95 <= 2 frame intervals.
+`over` is split into four hops, each as p50/p95 ms: to_server (client encode, network, server
+decode), wait (for the worker, plus the hand-overs around the engine), compose (smoothing and
+compositing) and back (server encode, network). Weights: the deterministic recipe (speed does
+not depend on weight values). Usage:
     python scripts/bench_live.py --frame-sizes 640x480,1280x720 --model-size 256 --duration 30
 """
 
@@ -108,15 +111,24 @@ class Measures:
         """pts -> capture (or send) time."""
         self.infer_s: dict[int, float] = {}
         """pts -> seconds its batch spent in the engine (recorded by the server's finisher)."""
+        self.server_times: dict[int, tuple[float, float, float]] = {}
+        """pts -> (reached the server, compositing started, compositing done), server side."""
         self.latencies: list[float] = []
         self.overheads: list[float] = []
+        self.hops: list[tuple[float, float, float, float]] = []
 
     def returned(self, pts: int, at: float) -> None:
         sent = self.sent_at.pop(pts, None)
         if sent is None:
             return
+        infer = self.infer_s.pop(pts, 0.0)
         self.latencies.append(at - sent)
-        self.overheads.append(at - sent - self.infer_s.pop(pts, 0.0))
+        self.overheads.append(at - sent - infer)
+        if (times := self.server_times.pop(pts, None)) is not None:
+            reached, composing, composed = times
+            self.hops.append(
+                (reached - sent, composing - reached - infer, composed - composing, at - composed)
+            )
 
 
 class RecordingFinisher:
@@ -128,7 +140,11 @@ class RecordingFinisher:
 
     def __call__(self, frame):
         self.measures.infer_s[frame.pts] = frame.meta["infer_s"]
-        return self.inner(frame)
+        started = time.monotonic()
+        result = self.inner(frame)
+        # captured_at is when the frame reached the server: decoded (webrtc) or made (direct).
+        self.measures.server_times[frame.pts] = (frame.captured_at, started, time.monotonic())
+        return result
 
 
 def ms(seconds: float | None) -> int | None:
@@ -157,8 +173,21 @@ def row(path, size, duration, measures: Measures, delivered, dropped, server, fp
         # Time the worker spent waiting for fresher frames, as a share of its engine time.
         "fresh_wait": f"{server.worker.stats.fresh_wait_s / max(server.worker.stats.total_infer_s, 1e-9):.1%}",
         "max_depth": "/".join(str(v) for v in depths.max.values()),
+        **hop_columns(measures.hops),
         "drift": drift_ms(lat),
     }
+
+
+HOPS = ("to_server", "wait", "compose", "back")
+
+
+def hop_columns(hops: list[tuple[float, ...]]) -> dict[str, str]:
+    """p50/p95 ms of each part of `over`: capture -> server (encode, send, decode), waiting for the
+    worker (plus the hand-overs around the engine), compositing, server -> client (encode, send)."""
+    columns = {}
+    for name, values in zip(HOPS, zip(*hops, strict=True) if hops else [[]] * len(HOPS), strict=True):
+        columns[name] = f"{ms(percentile(list(values), 50))}/{ms(percentile(list(values), 95))}"
+    return columns
 
 
 def drift_ms(latencies: list[float]) -> int | None:

@@ -8,10 +8,10 @@ through the engine in one `predict` call: peers share the GPU/CPU, not a queue.
 
 When the network is much slower than the cameras (a CPU), the frame waiting when the thread
 comes free is, on average, half a frame interval old, and that age is added to everything
-the viewer sees. So if a waiting frame is stale (older than half its camera's interval) and
-its successor is due soon, the thread waits for it, but only while the wait costs at most
-`FRESH_WAIT_SHARE` of a batch's time: never on a GPU, where inference is quicker than a
-frame interval and the thread is idle when frames arrive anyway.
+the viewer sees. So if a waiting frame is stale (older than a quarter of its camera's
+interval) and its successor is due soon, the thread waits for it, but only while the wait
+costs at most `FRESH_WAIT_SHARE` of a batch's time: never on a GPU, where inference is
+quicker than a frame interval and the thread is idle when frames arrive anyway.
 """
 
 from __future__ import annotations
@@ -122,10 +122,12 @@ class WorkerSlot:
 
     # Called by the worker thread with the lock held.
     def _successor_due(self, now: float) -> tuple[float, float] | None:
-        """(expected, latest) arrival of the successor of a stale waiting frame; None if not stale."""
+        """(expected, latest) arrival of the successor of a stale waiting frame; None if not stale.
+
+        Stale: older than a quarter interval, so what the network starts on is at most that old."""
         if self._waiting is None or self._in_flight or self.closed or self.interval is None:
             return None
-        if now - self._waiting_since <= self.interval / 2:
+        if now - self._waiting_since <= self.interval / 4:
             return None
         # A quarter interval more before giving up, for network jitter.
         return self._waiting_since + self.interval, self._waiting_since + 1.25 * self.interval
