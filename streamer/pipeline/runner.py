@@ -102,18 +102,9 @@ class Pipeline:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read_source(loop, executor("source"), hops[0]))
                 for i, stage in enumerate(self.stages):
-                    group.create_task(
-                        self._run_stage(
-                            loop,
-                            # Live: capture, compositing and the sinks must not wait behind the network.
-                            executor(
-                                stage.name, background=self.live and getattr(stage, "compute_bound", False)
-                            ),
-                            stage,
-                            hops[i],
-                            hops[i + 1],
-                        )
-                    )
+                    # Live: capture, compositing and the sinks must not wait behind the network.
+                    ex = executor(stage.name, background=self.live and getattr(stage, "compute_bound", False))
+                    group.create_task(self._run_stage(loop, ex, stage, hops[i], hops[i + 1]))
                 group.create_task(self._fan_out(hops[-1], sink_queues))
                 for i, (sink, queue, ex) in enumerate(
                     zip(self.sinks, sink_queues, sink_executors, strict=True)
