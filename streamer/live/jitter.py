@@ -22,7 +22,9 @@ class MarkerJitterBuffer(JitterBuffer):
         packets = []
         for count in range(self.capacity):
             packet = self._packets[(self._origin + count) % self.capacity]
-            if packet is None or (packets and packet.timestamp != packets[0].timestamp):
+            if packet is None:  # a gap: aiortc's rule would not release anything either
+                return None
+            if packets and packet.timestamp != packets[0].timestamp:
                 break
             packets.append(packet)
             if packet.marker:

@@ -64,8 +64,8 @@ class WorkerSlot:
         self._worker = worker
         self._prepare = prepare
         self._waiting: object | None = None
-        self._waiting_since = 0.0
         self._last_put: float | None = None
+        """When the newest frame was put: the waiting frame's arrival, when one waits."""
         self.interval: float | None = None
         """Smoothed seconds between two frames put (None until there were two)."""
         self._in_flight = False
@@ -93,7 +93,6 @@ class WorkerSlot:
             if self._waiting is not None:
                 self.dropped += 1
             self._waiting = frame
-            self._waiting_since = now
             self._note_interval(now)
             self.submitted += 1
             self._worker._cond.notify()
@@ -127,10 +126,10 @@ class WorkerSlot:
         Stale: older than a quarter interval, so what the network starts on is at most that old."""
         if self._waiting is None or self._in_flight or self.closed or self.interval is None:
             return None
-        if now - self._waiting_since <= self.interval / 4:
+        if now - self._last_put <= self.interval / 4:
             return None
         # A quarter interval more before giving up, for network jitter.
-        return self._waiting_since + self.interval, self._waiting_since + 1.25 * self.interval
+        return self._last_put + self.interval, self._last_put + 1.25 * self.interval
 
     def _take(self) -> object | None:
         if self.closed or self._in_flight or self._waiting is None:
