@@ -96,11 +96,22 @@ def follow_weight(grey_now: torch.Tensor, grey_before: torch.Tensor, params: Smo
     weight = ((diff - params.motion_threshold) / params.motion_range).clamp_(0.0, 1.0)
     # The matte of a moving edge changes next to where the image changed, not only on it.
     reach = -(-params.motion_reach // params.motion_scale)
-    if reach:  # a square max filter as two 1-D passes (much cheaper than one 2-D window)
-        k = 2 * reach + 1
-        weight = F.max_pool2d(weight[None, None], (1, k), stride=1, padding=(0, reach))
-        weight = F.max_pool2d(weight, (k, 1), stride=1, padding=(reach, 0))[0, 0]
-    return weight
+    if not reach:
+        return weight
+    return grow_max_opencv(weight, reach) if weight.device.type == "cpu" else grow_max_torch(weight, reach)
+
+
+def grow_max_opencv(weight: torch.Tensor, reach: int) -> torch.Tensor:
+    """Square max filter of half-width `reach`; OpenCV's is several times faster than torch's
+    pooling on a CPU, and exact (a maximum has no rounding)."""
+    kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    return torch.from_numpy(cv2.dilate(np.ascontiguousarray(weight.numpy()), kernel))
+
+
+def grow_max_torch(weight: torch.Tensor, reach: int) -> torch.Tensor:
+    k = 2 * reach + 1  # two 1-D passes: much cheaper than one 2-D window
+    weight = F.max_pool2d(weight[None, None], (1, k), stride=1, padding=(0, reach))
+    return F.max_pool2d(weight, (k, 1), stride=1, padding=(reach, 0))[0, 0]
 
 
 def still_weight(dt: float, params: SmoothingParams) -> float:
@@ -115,10 +126,27 @@ def blend(
     previous: torch.Tensor, current: torch.Tensor, cell_weight: torch.Tensor, still: float
 ) -> torch.Tensor:
     """previous + w * (current - previous), w = max(still, motion weight upsampled to full size)."""
+    if current.device.type == "cpu":
+        return blend_opencv(previous, current, cell_weight, still)
     h, w = current.shape
     weight = F.interpolate(cell_weight[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     weight = weight.clamp_(min=still)
     return previous + weight * (current - previous)
+
+
+def blend_opencv(
+    previous: torch.Tensor, current: torch.Tensor, cell_weight: torch.Tensor, still: float
+) -> torch.Tensor:
+    # Same sampling as the bilinear interpolate above (pixel centres), in one thread: torch
+    # splits these full-frame passes over cores the live media threads need more.
+    h, w = current.shape
+    weight = cv2.resize(cell_weight.numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+    np.maximum(weight, still, out=weight)
+    before = previous.numpy()
+    out = np.subtract(current.numpy(), before)
+    out *= weight
+    out += before
+    return torch.from_numpy(out)
 
 
 def is_scene_cut(grey_now: torch.Tensor, grey_before: torch.Tensor, params: SmoothingParams) -> bool:

@@ -9,8 +9,11 @@ from streamer.errors import ConfigError
 from streamer.smoothing import (
     SmoothingParams,
     TemporalSmoother,
+    blend,
     grey_cells_opencv,
     grey_cells_torch,
+    grow_max_opencv,
+    grow_max_torch,
     still_weight,
 )
 
@@ -159,6 +162,27 @@ def test_grey_cells_agree_on_cpu_and_gpu_paths():
     fast, torch_path = grey_cells_opencv(image, 2), grey_cells_torch(image, 2)
     assert fast.shape == torch_path.shape == (H // 2, W // 2)
     assert float((fast - torch_path).abs().max()) < 0.003  # OpenCV rounds luma to 8 bits first
+
+
+@pytest.mark.parametrize("reach", [1, 3])
+def test_max_filter_is_exactly_the_same_on_both_paths(reach):
+    weight = torch.rand(H // 2 + 1, W // 2, generator=torch.Generator().manual_seed(reach))
+    weight[weight < 0.9] = 0  # sparse peaks: every output is some neighbour's value, or 0
+    fast, torch_path = grow_max_opencv(weight, reach), grow_max_torch(weight, reach)
+    assert torch.equal(fast, torch_path)
+    assert float(fast.sum()) > float(weight.sum())
+
+
+@pytest.mark.parametrize("size", [(H, W), (H + 1, W - 1)])
+def test_cpu_blend_matches_the_bilinear_blend(size):
+    gen = torch.Generator().manual_seed(5)
+    previous, current = torch.rand(size, generator=gen), torch.rand(size, generator=gen)
+    cells = torch.rand(-(-size[0] // 2), -(-size[1] // 2), generator=gen)
+    weight = torch.nn.functional.interpolate(cells[None, None], size=size, mode="bilinear")[0, 0]
+    expected = previous + weight.clamp(min=0.3) * (current - previous)
+    kept = previous.clone(), current.clone()
+    assert float((blend(previous, current, cells, 0.3) - expected).abs().max()) < 1e-4
+    assert torch.equal(previous, kept[0]) and torch.equal(current, kept[1])  # inputs untouched
 
 
 @pytest.mark.cuda
