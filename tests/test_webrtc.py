@@ -38,6 +38,25 @@ def loopback_only(monkeypatch):
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
 
 
+@pytest.mark.parametrize("size", [(48, 64), (47, 63)])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_composited_pictures_become_video_frames_with_their_timing(size, channels):
+    from streamer.live.peer import video_from_output
+
+    picture = torch.zeros(*size, channels, dtype=torch.uint8)
+    picture[..., 0] = 200  # a flat colour survives the YUV round trip within a few levels
+    picture[size[0] // 2 :, :, :1] = 40  # and so does a straight edge on an even row
+    frame = Frame(picture, 1234, Fraction(1, 90000), 0, 0.0)
+    video = video_from_output(picture, frame)
+    assert (video.pts, video.time_base) == (1234, Fraction(1, 90000))
+    # Even sizes are handed over as I420 (what the encoder takes), odd ones as RGB.
+    assert video.format.name == ("yuv420p" if size[0] % 2 == 0 else "rgb24")
+    shown = torch.from_numpy(video.to_ndarray(format="rgb24")).int()
+    expected = picture[..., :3].int() if channels > 1 else picture.int().expand(*size, 3)
+    assert shown.shape == (*size, 3)
+    assert int((shown - expected).abs().max()) <= 4
+
+
 # -- the worker, with an engine the test controls ------------------------------------------------
 class GatedEngine:
     """Returns alpha = red channel / 255; each predict waits for the test to open the gate."""
