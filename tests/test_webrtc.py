@@ -20,6 +20,7 @@ import pytest
 import torch
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from streamer.frame import Frame
@@ -55,6 +56,22 @@ def test_composited_pictures_become_video_frames_with_their_timing(size, channel
     expected = picture[..., :3].int() if channels > 1 else picture.int().expand(*size, 3)
     assert shown.shape == (*size, 3)
     assert int((shown - expected).abs().max()) <= 4
+
+
+async def test_the_track_says_a_frame_is_done_when_the_sender_comes_back_for_more():
+    from streamer.live.tracks import LatestFrameTrack
+
+    done = []
+    track = LatestFrameTrack(on_done=lambda: done.append(track.sent))
+    track.publish(VideoFrame(16, 16), captured_at=time.monotonic())
+    await track.recv()
+    assert done == []  # pulled, but the sender is still encoding and sending it
+    pending = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert done == [1]
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await pending
 
 
 # -- the worker, with an engine the test controls ------------------------------------------------
@@ -198,8 +215,6 @@ class Client:
             self._reader = asyncio.ensure_future(self._read(track))
 
     async def _read(self, track) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
         try:
             while True:
                 self.frames.append(await track.recv())

@@ -1,5 +1,7 @@
 """The live worker starts a slow network on fresh frames: a stale frame waits for its successor,
-within a small share of the batch time, and never when inference keeps up with the camera."""
+within a small share of the batch time, and never when inference keeps up with the camera.
+After a batch it leaves the CPU to the media threads until the results are sent, within a
+share of the batch time too."""
 
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ class SleepyEngine:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.random = random.Random(7)
+        self.starts: list[float] = []
 
     def predict(self, image):
+        self.starts.append(time.monotonic())
         time.sleep(self.seconds * (1 + 0.2 * self.random.random()))
         return torch.zeros(image.shape[:-1])
 
@@ -98,3 +102,45 @@ async def test_a_stalled_camera_does_not_hold_back_its_last_frame():
     # At worst: the batch in flight, a wait of 1.25 intervals, then its own batch.
     assert time.monotonic() - stopped < 2 * 1.2 * engine.seconds + 0.05 + 0.1
     await worker.aclose()
+
+
+async def put_every(slot, interval: float, count: int) -> None:
+    for frame in make_frames(count):
+        slot.put(frame)
+        await asyncio.sleep(interval)
+
+
+async def test_the_next_batch_waits_until_the_results_are_sent(monkeypatch):
+    monkeypatch.setattr(worker_module, "FRESH_WAIT_SHARE", 0.0)  # only the wait under test
+    engine = SleepyEngine(0.4)  # a share of 5%: up to 20 ms for the results to go out
+    worker = InferenceWorker(engine)
+    worker.start()
+    slot = worker.open_slot()
+    camera = asyncio.ensure_future(put_every(slot, 0.005, 400))
+    sent_at = []
+    for _ in range(4):
+        await asyncio.wait_for(slot.get(), 5)
+        await asyncio.sleep(0.012)  # compositing, encoding and sending
+        sent_at.append(time.monotonic())
+        slot.sent()
+    camera.cancel()
+    await worker.aclose()
+    # Each batch after the first starts only once the previous result has been sent.
+    for sent, start in zip(sent_at, engine.starts[1:], strict=False):
+        assert start >= sent, (start - sent) * 1000
+    assert worker.stats.quiet_wait_s >= 0.01 * 3
+
+
+async def test_results_never_sent_hold_the_worker_back_only_for_its_share():
+    engine = SleepyEngine(0.2)
+    worker = InferenceWorker(engine)
+    worker.start()
+    slot = worker.open_slot()
+    camera = asyncio.ensure_future(put_every(slot, 0.01, 200))
+    for _ in range(5):
+        await asyncio.wait_for(slot.get(), 5)
+    camera.cancel()
+    await worker.aclose()
+    stats = worker.stats
+    share = worker_module.QUIET_SHARE * stats.total_infer_s
+    assert 0.8 * share - 0.01 <= stats.quiet_wait_s <= share + 0.02

@@ -12,6 +12,11 @@ the viewer sees. So if a waiting frame is stale (older than a quarter of its cam
 interval) and its successor is due soon, the thread waits for it, but only while the wait
 costs at most `FRESH_WAIT_SHARE` of a batch's time: never on a GPU, where inference is
 quicker than a frame interval and the thread is idle when frames arrive anyway.
+
+For the same reason, after a batch the thread stays out of the way until every peer has
+composited, encoded and sent its result (the peer says so with `WorkerSlot.sent`), for at
+most `QUIET_SHARE` of a batch's time: on a machine without a spare core, the network's
+threads would otherwise slow that last, latency-critical stretch.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 
 FRESH_WAIT_SHARE = 0.05
 """The longest the worker waits for fresher frames, as a share of its last batch's time."""
+QUIET_SHARE = 0.05
+"""The longest the worker waits for a batch's results to be sent, as a share of its time."""
 
 
 class SlotClosed(Exception):
@@ -50,6 +57,8 @@ class WorkerStats:
     fresh_waits: int = 0
     """Batches started late to take frames that had just arrived, and the total time so spent."""
     fresh_wait_s: float = 0.0
+    quiet_wait_s: float = 0.0
+    """Time spent waiting for results to be sent before the next batch."""
 
     @property
     def mean_infer_s(self) -> float:
@@ -69,6 +78,8 @@ class WorkerSlot:
         self.interval: float | None = None
         """Smoothed seconds between two frames put (None until there were two)."""
         self._in_flight = False
+        self._unsent = False
+        """A result was delivered and the peer has not said it went out yet."""
         self._result: Frame | BaseException | None = None
         self._ready = asyncio.Event()
         self.closed = False
@@ -111,6 +122,12 @@ class WorkerSlot:
 
     def close(self) -> None:
         self._worker._remove(self)
+
+    def sent(self) -> None:
+        """The last result has gone out (composited, encoded, sent): the worker may go on."""
+        with self._worker._cond:
+            self._unsent = False
+            self._worker._cond.notify()
 
     def _note_interval(self, now: float) -> None:
         if self._last_put is not None:
@@ -286,10 +303,22 @@ class InferenceWorker:
                 results = [err] * len(batch)
             self._record(len(batch), time.monotonic() - started)
             with self._cond:
-                for slot, _ in batch:
+                for (slot, _), result in zip(batch, results, strict=True):
                     slot._in_flight = False
+                    slot._unsent = isinstance(result, Frame)
             for (slot, _), result in zip(batch, results, strict=True):
                 self._call_soon(slot._deliver, result)
+            self._wait_until_sent([slot for slot, _ in batch])
+
+    def _wait_until_sent(self, slots: list[WorkerSlot]) -> None:
+        started = time.monotonic()
+        deadline = started + QUIET_SHARE * self.stats.last_infer_s
+        with self._cond:
+            while not self._stopping and any(slot._unsent and not slot.closed for slot in slots):
+                if (left := deadline - time.monotonic()) <= 0:
+                    break
+                self._cond.wait(left)
+        self.stats.quiet_wait_s += time.monotonic() - started
 
     def _apply_size(self, size: tuple[int, int]) -> None:
         try:
