@@ -16,8 +16,8 @@ Two paths, each at every frame size asked for:
   server, see streamer.live.jitter) never waits. Decoding one frame adds a few ms.
 
 Both report latency p50/p95, delivered fps, drops, mean inference time, the share of time the
-worker waited for fresher frames (`fresh_wait`, see streamer.live.worker) and the largest depth
-seen of each hand-over point (slot waiting/in flight/result, output track), whose bounds are 1.
+worker waited for fresher frames (`fresh_wait`) and for results to be sent (`quiet`; both in
+streamer.live.worker) and the largest depth seen of each hand-over point (slot waiting/in flight/result, output track), whose bounds are 1.
 Target: p95 latency <= inference time + 2 frame intervals, judged per frame: `over` is a frame's
 latency minus the time its own batch spent in the engine (so a busy machine's slow inference
 does not hide or excuse the overhead), and `met` says whether over_p95 <= 2 frame intervals.
@@ -50,6 +50,7 @@ import aiortc.rtcrtpsender  # noqa: E402
 from aiohttp import web  # noqa: E402
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket  # noqa: E402
 from av import VideoFrame  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -172,6 +173,8 @@ def row(path, size, duration, measures: Measures, delivered, dropped, server, fp
         "batches": server.worker.stats.batches,
         # Time the worker spent waiting for fresher frames, as a share of its engine time.
         "fresh_wait": f"{server.worker.stats.fresh_wait_s / max(server.worker.stats.total_infer_s, 1e-9):.1%}",
+        # Time it waited for results to be sent before the next batch, likewise.
+        "quiet": f"{server.worker.stats.quiet_wait_s / max(server.worker.stats.total_infer_s, 1e-9):.1%}",
         "max_depth": "/".join(str(v) for v in depths.max.values()),
         **hop_columns(measures.hops),
         "drift": drift_ms(lat),
@@ -279,6 +282,22 @@ def arrival_times(receiver) -> dict[int, float]:
     return arrivals
 
 
+def steady_rate(sender) -> None:
+    """Keep the client's encoder at its starting bitrate: drop the server's bitrate estimates.
+
+    aiortc's VP8 encoder restarts, with a keyframe, whenever the receiver's estimate moves by
+    10%: nine times in the first 15 s of a 1280x720 call, each a slow encode and a burst of
+    packets that lands in `to_server`. A browser adapts its rate without restarting, so the
+    stand-in for it does not restart either (the server's own sender is left as it is)."""
+    handle = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet):
+        if not (isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP):
+            await handle(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet
+
+
 def fixed_rtp_origin() -> None:
     """Make aiortc's per-sender RTP timestamp origin 0, so pts survive both hops unchanged."""
     real = aiortc.rtcrtpsender.random32
@@ -298,7 +317,9 @@ async def bench_webrtc(server, measures, size, duration, fps) -> dict:
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     pc = RTCPeerConnection()
     track = StampedTrack(size, fps, measures.sent_at)
-    arrivals = arrival_times(pc.addTransceiver(track, direction="sendrecv").receiver)
+    transceiver = pc.addTransceiver(track, direction="sendrecv")
+    steady_rate(transceiver.sender)
+    arrivals = arrival_times(transceiver.receiver)
     received = 0
 
     async def receive(remote) -> None:
