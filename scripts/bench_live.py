@@ -17,7 +17,8 @@ Two paths, each at every frame size asked for:
 
 Both report latency p50/p95, delivered fps, drops, mean inference time, the share of time the
 worker waited for fresher frames (`fresh_wait`) and for results to be sent (`quiet`; both in
-streamer.live.worker) and the largest depth seen of each hand-over point (slot waiting/in flight/result, output track), whose bounds are 1.
+streamer.live.worker) and the largest depth seen of each hand-over point (slot waiting/in
+flight/result, output track), whose bounds are 1.
 Target: p95 latency <= inference time + 2 frame intervals, judged per frame: `over` is a frame's
 latency minus the time its own batch spent in the engine (so a busy machine's slow inference
 does not hide or excuse the overhead), and `met` says whether over_p95 <= 2 frame intervals.
