@@ -158,6 +158,11 @@ def row(path, size, duration, measures: Measures, delivered, dropped, server, fp
     infer = [a - b for a, b in zip(lat, over, strict=True)]
     budget = 2 / fps
     p95_over = percentile(over, 95)
+    stats = server.worker.stats
+
+    def share(seconds: float) -> str:  # of the worker's engine time
+        return f"{seconds / max(stats.total_infer_s, 1e-9):.1%}"
+
     return {
         "path": path,
         "frame": f"{size[0]}x{size[1]}",
@@ -171,11 +176,10 @@ def row(path, size, duration, measures: Measures, delivered, dropped, server, fp
         "met": "yes" if p95_over is not None and p95_over <= budget else "no",
         "fps_out": round(delivered / duration, 2),
         "drops": dropped,
-        "batches": server.worker.stats.batches,
-        # Time the worker spent waiting for fresher frames, as a share of its engine time.
-        "fresh_wait": f"{server.worker.stats.fresh_wait_s / max(server.worker.stats.total_infer_s, 1e-9):.1%}",
-        # Time it waited for results to be sent before the next batch, likewise.
-        "quiet": f"{server.worker.stats.quiet_wait_s / max(server.worker.stats.total_infer_s, 1e-9):.1%}",
+        "batches": stats.batches,
+        # Time the worker waited for fresher frames, then for results to be sent before the next batch.
+        "fresh_wait": share(stats.fresh_wait_s),
+        "quiet": share(stats.quiet_wait_s),
         "max_depth": "/".join(str(v) for v in depths.max.values()),
         **hop_columns(measures.hops),
         "drift": drift_ms(lat),
