@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from streamer.errors import ConfigError, DeviceError
 from streamer.model import MULTIPLE, PATCH_ORDERS, VARIANTS
+from streamer.model.graphed import GraphedForward
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class EngineParams:
     dtype: str = "auto"
     """auto = float16 on CUDA, float32 elsewhere."""
     compile: bool = False
+    cuda_graph: bool = False
+    """Replay the network as a captured CUDA graph per input shape (CUDA only; not with compile).
+    Off until it has been measured on a GPU (`scripts/bench_model.py --modes graph`)."""
     channels_last: bool = True
     """Channels-last convolutions on CUDA (ignored on CPU, where it is no faster)."""
     patch_order: str | None = None
@@ -117,7 +121,12 @@ class MattingEngine:
         model = model.to(device=device, dtype=dtype).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if params.compile else model
+        if params.compile:
+            self.model = torch.compile(model)
+        elif params.cuda_graph and device.type == "cuda":
+            self.model = GraphedForward(model)
+        else:
+            self.model = model
         self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
 

@@ -9,6 +9,7 @@ from conftest import DATA
 
 from streamer.engine import EngineParams, MattingEngine
 from streamer.errors import ConfigError, DeviceError
+from streamer.model.graphed import GraphedForward
 
 FIXTURE = "lite-160x288"
 
@@ -136,6 +137,24 @@ def test_cuda_matches_fixture(recipe_weights, fixture_data, dtype, tolerance):
     alpha = engine.predict(fixture_data["image_u8"][0].transpose(1, 2, 0))
     assert alpha.device.type == "cuda" and alpha.dtype == torch.float32
     assert np.abs(alpha.cpu().numpy() - fixture_data["pred_legacy_patch_order"][0, 0]).max() <= tolerance
+
+
+@pytest.mark.cuda
+def test_cuda_graph_matches_the_fixture_and_eager_for_each_input(recipe_weights, fixture_data):
+    graphed = make_engine(recipe_weights, size=(160, 288), device="cuda", dtype="float32", cuda_graph=True)
+    eager = make_engine(recipe_weights, size=(160, 288), device="cuda", dtype="float32")
+    assert isinstance(graphed.model, GraphedForward) and not isinstance(eager.model, GraphedForward)
+    alpha = graphed.predict(fixture_data["image_u8"][0].transpose(1, 2, 0))
+    assert np.abs(alpha.cpu().numpy() - fixture_data["pred_legacy_patch_order"][0, 0]).max() <= 1e-3
+    frames = [frame(120, 200, seed) for seed in (1, 2)]
+    for image in [*frames, np.stack(frames)]:  # the batch of two is a second shape
+        assert (graphed.predict(image) - eager.predict(image)).abs().max() <= 1e-4
+    assert graphed.model.captures == 2 and not graphed.model.failed
+
+
+def test_cpu_runs_the_network_eagerly_even_when_cuda_graphs_are_asked_for(recipe_weights):
+    engine = make_engine(recipe_weights, cuda_graph=True)
+    assert not isinstance(engine.model, GraphedForward)
 
 
 @pytest.mark.cuda
