@@ -1,6 +1,8 @@
-"""The network against the official manifests and the golden fixtures (fp32, CPU)."""
+"""The network against the official manifests and the golden fixtures (fp32 on CPU; fp32/fp16/bf16 on CUDA)."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -97,6 +99,21 @@ def test_matches_fixture_both_orders(recipe_model, name):
     assert np.abs(logits["einops"].numpy() - fx["logits"]).max() <= 5e-4
     # The fixtures tell the orders apart (they differ by ~0.1), so a swapped order cannot pass.
     assert np.abs(fx["pred"] - fx["pred_legacy_patch_order"]).max() > 1e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float32, 1e-3), (torch.float16, 1e-2), (torch.bfloat16, 1e-2)]
+)
+@pytest.mark.parametrize("name", [*LITE_FIXTURES, "portrait-256"])
+def test_matches_fixture_both_orders_on_cuda(recipe_model, name, dtype, tolerance):
+    fx = load_fixture(name)
+    model = copy.deepcopy(recipe_model(name.split("-")[0])).to("cuda", dtype)
+    logits = run_both_orders(model, torch.from_numpy(fx["input"]).to("cuda", dtype))
+    for order, key in ORDERS.items():
+        assert logits[order].dtype == dtype
+        pred = torch.sigmoid(logits[order].float()).cpu().numpy()
+        assert np.abs(pred - fx[key]).max() <= tolerance, order
 
 
 def test_forward_runs_the_default_order(recipe_model):
