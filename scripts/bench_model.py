@@ -6,7 +6,8 @@ recipe weights (same speed as the official ones; nothing is downloaded). Inputs 
 normalised tensors on the device: pre/post-processing is not timed.
 
     python scripts/bench_model.py                      # CPU fp32, lite+portrait at 256/512/1024
-    python scripts/bench_model.py --device cuda        # CUDA fp16/bf16, with and without compile
+    python scripts/bench_model.py --device cuda        # CUDA fp16/bf16: eager, CUDA graph, compiled
+    python scripts/bench_model.py --device cuda --modes graph --dtypes float16
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def measure(cfg: dict) -> dict:
 
     from streamer.engine import DTYPES
     from streamer.model import build_model
+    from streamer.model.graphed import GraphedForward
     from streamer.model.recipe import make_state_dict
 
     if cfg["threads"]:
@@ -57,8 +59,10 @@ def measure(cfg: dict) -> dict:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if cfg["compile"]:
+    if cfg["mode"] == "compile":
         model = torch.compile(model)
+    elif cfg["mode"] == "graph":
+        model = GraphedForward(model)
 
     def sync():
         if device.type == "cuda":
@@ -86,15 +90,15 @@ def measure(cfg: dict) -> dict:
 
 def configs(args) -> list[dict]:
     base = {"warmup": args.warmup, "repeats": args.repeats, "budget": args.budget, "threads": args.threads}
-    if args.device == "cpu":
-        runs = [("cpu", "float32", False)]
-    else:
-        runs = [(args.device, dt, comp) for dt in ("float16", "bfloat16") for comp in (False, True)]
+    cpu = args.device == "cpu"
+    dtypes = args.dtypes or (["float32"] if cpu else ["float16", "bfloat16"])
+    modes = args.modes or (["eager"] if cpu else ["eager", "graph", "compile"])
     return [
-        base | {"variant": v, "size": s, "device": d, "dtype": dt, "compile": comp}
+        base | {"variant": v, "size": s, "device": args.device, "dtype": dt, "mode": mode}
         for v in args.variants
         for s in args.sizes
-        for d, dt, comp in runs
+        for dt in dtypes
+        for mode in modes
     ]
 
 
@@ -112,7 +116,7 @@ def run_child(cfg: dict, timeout: float) -> dict:
 
 
 def row(cfg: dict, res: dict) -> str:
-    label = f"| {cfg['variant']} | {cfg['size']}² | {cfg['device']} | {cfg['dtype']} | {'yes' if cfg['compile'] else 'no'} |"
+    label = f"| {cfg['variant']} | {cfg['size']}² | {cfg['device']} | {cfg['dtype']} | {cfg['mode']} |"
     if "error" in res:
         return f"{label} error: {res['error']} | | | | | |"
     median = statistics.median(res["times"])
@@ -127,9 +131,21 @@ def row(cfg: dict, res: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (then fp16+bf16, +-compile)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N")
     parser.add_argument("--variants", nargs="+", default=["lite", "portrait"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "float16", "bfloat16"],
+        help="default: float32 on CPU, float16 and bfloat16 on CUDA",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "graph", "compile"],
+        help="graph = CUDA graph replay; default: eager on CPU, all three on CUDA",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards at most")
     parser.add_argument("--budget", type=float, default=30.0, help="stop timing a config after this many s")
@@ -141,7 +157,7 @@ def main() -> int:
         return 0
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; cpus: {os.cpu_count()}")
     print(
-        "| variant | input | device | dtype | compile | s/forward (median) | min–max (n) | frames/s "
+        "| variant | input | device | dtype | mode | s/forward (median) | min–max (n) | frames/s "
         "| GFLOP/s | peak MiB | warm-up s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
