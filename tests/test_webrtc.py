@@ -336,6 +336,7 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
             stats = await response.json()
         assert stats["sent"] >= 6 and stats["received"] >= stats["sent"] and stats["fps"] > 0
         assert stats["latency_ms_p50"] is not None and stats["size"] == [64, 64]
+        assert stats["video"] == "VP8 (streamer encoder)"
         # The model size is the shared engine's: it changes between two batches, for every peer.
         status, reply = await client.post("/params", {"size": 96})
         assert status == 200 and reply["size"] == [96, 96]
@@ -536,6 +537,7 @@ async def test_preview_of_a_server_side_file(tmp_path, engine):
         frames = await client.wait_frames(20)
         assert frames[-1].shape == (48, 64, 3)
         assert np.abs(frames[-1][..., 0].astype(int) - frames[-1][..., 2]).mean() < 8
+        assert server.peers[client.peer].video_out == "VP8 (streamer encoder)"  # a send-only answer too
         await client.close()
     assert server.hub._thread is None
 

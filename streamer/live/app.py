@@ -33,6 +33,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from streamer.compose.compositor import MODES
 from streamer.config import update_params
 from streamer.errors import ConfigError
+from streamer.live.encoder import answered_video_codec, use_live_encoder
 from streamer.live.jitter import release_on_marker
 from streamer.live.peer import Finisher, PeerSession
 from streamer.live.source_hub import SourceHub
@@ -216,6 +217,12 @@ class LiveServer:
                     "offer: it sends no video; share a camera (or start the server with --source to preview)"
                 )
             await pc.setLocalDescription(await pc.createAnswer())
+            codec = answered_video_codec(pc.localDescription.sdp)
+            sender = next(s for s in pc.getSenders() if s.track is peer.track)
+            ours = use_live_encoder(sender, codec)
+            peer.video_out = (
+                f"{(codec or 'none').removeprefix('video/')} ({'streamer' if ours else 'aiortc'} encoder)"
+            )
         except BadRequest:
             await peer.close()
             raise

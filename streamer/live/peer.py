@@ -118,6 +118,8 @@ class PeerSession:
         self.track = LatestFrameTrack(on_sent=self._sent, on_done=self.slot.sent)
         self.received = 0
         self.errors = 0
+        self.video_out: str | None = None
+        """The outgoing codec and whose encoder runs it, once negotiated (e.g. "VP8 (streamer encoder)")."""
         self._inputs: list[MediaStreamTrack] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing: asyncio.Task | None = None
@@ -199,6 +201,7 @@ class PeerSession:
             "batch": self.worker.stats.last_batch_size,
             "peers": self.worker.peers,
             "size": list(self.worker.size) if self.worker.size else None,
+            "video": self.video_out,
         }
 
     # -- lifetime -------------------------------------------------------------------------------

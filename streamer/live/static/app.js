@@ -109,6 +109,7 @@ async function stop() {
 const STAT_LABELS = {
   fps: "fps", latency_ms_p50: "latency p50 (ms)", latency_ms_p95: "latency p95 (ms)", dropped: "dropped",
   received: "received", sent: "sent", infer_ms: "inference (ms)", batch: "batch", peers: "peers", size: "model size",
+  video: "video out",
 };
 
 async function pollStats() {
