@@ -55,6 +55,7 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket  # noqa: E402
 from av import VideoFrame  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+import streamer.live.app  # noqa: E402
 from streamer.config import load_config, parse_assignment, parse_size  # noqa: E402
 from streamer.frame import Frame  # noqa: E402
 from streamer.live.peer import PeerSession  # noqa: E402
@@ -65,8 +66,12 @@ from streamer.model.recipe import make_state_dict  # noqa: E402
 CLOCK = Fraction(1, 90000)
 
 
-def synthetic_frames(size: tuple[int, int], count: int = 30) -> list[np.ndarray]:
-    """A gradient room with a moving head-and-shoulders blob: something for VP8 and the model."""
+def synthetic_frames(size: tuple[int, int], count: int = 30, grain: float = 0.0) -> list[np.ndarray]:
+    """A gradient room with a moving head-and-shoulders blob: something for VP8 and the model.
+
+    `grain` adds a camera sensor's noise (standard deviation in levels; webcams show 2-6): flat
+    synthetic pictures cost an encoder a fraction of the bits of a real camera's."""
+    rng = np.random.default_rng(0)
     width, height = size
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.stack([x / width * 200, y / height * 160 + 40, np.full_like(x, 90)], -1)
@@ -77,7 +82,9 @@ def synthetic_frames(size: tuple[int, int], count: int = 30) -> list[np.ndarray]
         person |= (np.abs(x - cx) < 0.3 * width) & (y > 0.62 * height)
         image = base.copy()
         image[person] = (220, 180, 150)
-        frames.append(image.astype(np.uint8))
+        if grain:
+            image += rng.normal(0.0, grain, image.shape).astype(np.float32)
+        frames.append(image.clip(0, 255).astype(np.uint8))
     return frames
 
 
@@ -216,8 +223,8 @@ async def paced(fps: float, duration: float):
         n += 1
 
 
-async def bench_direct(server, measures, size, duration, fps) -> dict:
-    pictures = [torch.from_numpy(p) for p in synthetic_frames(size)]
+async def bench_direct(server, measures, size, duration, fps, grain) -> dict:
+    pictures = [torch.from_numpy(p) for p in synthetic_frames(size, grain=grain)]
     await server._startup(None)
     peer = PeerSession(RTCPeerConnection(), server.worker, server.make_finisher(), server.executor)
 
@@ -248,13 +255,13 @@ async def bench_direct(server, measures, size, duration, fps) -> dict:
 class StampedTrack(VideoStreamTrack):
     """The synthetic camera as a WebRTC track; remembers when each pts was handed over."""
 
-    def __init__(self, size, fps: float, sent_at: dict[int, float]) -> None:
+    def __init__(self, size, fps: float, sent_at: dict[int, float], grain: float) -> None:
         super().__init__()
         # Cameras deliver YUV: convert once here, so the client's encoder does not pay an RGB
         # conversion per frame on the two cores the server needs.
         self.pictures = [
             VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p").to_ndarray()
-            for p in synthetic_frames(size)
+            for p in synthetic_frames(size, grain=grain)
         ]
         self.fps = fps
         self.sent_at = sent_at
@@ -314,14 +321,14 @@ def fixed_rtp_origin() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
-async def bench_webrtc(server, measures, size, duration, fps) -> dict:
+async def bench_webrtc(server, measures, size, duration, fps, grain) -> dict:
     runner = web.AppRunner(server.build())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     pc = RTCPeerConnection()
-    track = StampedTrack(size, fps, measures.sent_at)
+    track = StampedTrack(size, fps, measures.sent_at, grain)
     transceiver = pc.addTransceiver(track, direction="sendrecv")
     steady_rate(transceiver.sender)
     arrivals = arrival_times(transceiver.receiver)
@@ -393,7 +400,7 @@ async def main_async(args, weights: Path) -> list[dict]:
             bench = bench_direct if path == "direct" else bench_webrtc
             # Warm the model first so the first batch's start-up cost is not in the figures.
             server.worker.engine.predict(torch.zeros(size[1], size[0], 3, dtype=torch.uint8))
-            rows.append(await bench(server, measures, size, args.duration, args.fps))
+            rows.append(await bench(server, measures, size, args.duration, args.fps, args.grain))
             print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -409,10 +416,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--paths", default="direct,webrtc", help="comma-separated: direct, webrtc")
+    parser.add_argument("--grain", type=float, default=0.0, help="camera noise, std in levels (e.g. 4)")
+    parser.add_argument(
+        "--stock-encoder",
+        action="store_true",
+        help="the server sends with aiortc's own VP8 encoder (streamer.live.encoder's baseline)",
+    )
     args = parser.parse_args()
     args.frame_sizes = [tuple(int(v) for v in s.split("x")) for s in args.frame_sizes.split(",")]
     args.model_size = parse_size(args.model_size)
     fixed_rtp_origin()
+    if args.stock_encoder:
+        streamer.live.app.use_live_encoder = lambda sender, sdp: False
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / f"{args.variant}.safetensors"
         save_file(make_state_dict(args.variant), str(weights))
