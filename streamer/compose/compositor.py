@@ -136,7 +136,10 @@ class Compositor:
     def _compose_cpu(self, image: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
         """The same picture with OpenCV on 8-bit data: float blending of whole frames is slow here."""
         p = self.params
-        a8 = to_uint8(alpha).numpy()
+        # The 8-bit matte feeds only foreground estimation, the blur and the RGBA output: a
+        # colour or picture background is blended with the float matte directly.
+        needs_a8 = p.refine_foreground or p.mode in ("rgba", "blur")
+        a8 = to_uint8(alpha).numpy() if needs_a8 else None
         pixels = np.ascontiguousarray(image.numpy())
         fg = estimate_foreground_u8(pixels, a8) if p.refine_foreground else pixels
         if p.mode == "rgba":
