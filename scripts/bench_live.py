@@ -427,7 +427,7 @@ def main() -> None:
     args.model_size = parse_size(args.model_size)
     fixed_rtp_origin()
     if args.stock_encoder:
-        streamer.live.app.use_live_encoder = lambda sender, sdp: False
+        streamer.live.app.use_live_encoder = lambda sender, codec: False
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / f"{args.variant}.safetensors"
         save_file(make_state_dict(args.variant), str(weights))

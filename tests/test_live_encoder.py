@@ -140,6 +140,18 @@ async def test_the_sender_gets_our_encoder_only_for_vp8(codec, swapped):
         await server.close()
 
 
+async def test_an_aiortc_without_the_packetizer_keeps_its_own_encoder(monkeypatch):
+    client, server = await negotiated("video/VP8")
+    try:
+        monkeypatch.delattr(Vp8Encoder, "_packetize")
+        (sender,) = server.getSenders()
+        assert use_live_encoder(sender, "video/VP8") is False
+        assert sender._RTCRtpSender__encoder is None
+    finally:
+        await client.close()
+        await server.close()
+
+
 def test_a_description_that_sends_no_video_names_no_codec():
     sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
     assert answered_video_codec(sdp) is None

@@ -113,11 +113,12 @@ def use_live_encoder(sender, codec: str | None) -> bool:
 
     `codec` is what `answered_video_codec` read from the answer. Call after
     `setLocalDescription(answer)` and before the first frame is sent. The encoder is a private
-    attribute of aiortc's sender, created on its first frame: when a new aiortc renames it, or
-    another codec was chosen, the sender keeps aiortc's own encoder and this returns False."""
+    attribute of aiortc's sender, created on its first frame, and the packetizer is aiortc's too:
+    when a new aiortc renames either, or another codec was chosen, the sender keeps aiortc's own
+    encoder and this returns False."""
     name = "_RTCRtpSender__encoder"
-    if getattr(sender, name, ...) is not None:
-        log.debug("aiortc's sender encoder not found; it keeps its own")
+    if getattr(sender, name, ...) is not None or not hasattr(Vp8Encoder, "_packetize"):
+        log.debug("aiortc's sender encoder or VP8 packetizer not found; the sender keeps its own")
         return False
     if codec != "video/VP8":
         return False
