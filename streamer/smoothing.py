@@ -154,7 +154,8 @@ def is_scene_cut(grey_now: torch.Tensor, grey_before: torch.Tensor, params: Smoo
 
 
 class TemporalSmoother:
-    """Stateful per stream: call once per frame in presentation order; `.params` may be replaced."""
+    """Stateful per stream: call once per frame in presentation order; `.params` may be replaced
+    from another thread (each frame reads it once)."""
 
     def __init__(self, params: SmoothingParams | None = None, device: torch.device | str | None = None):
         self.params = params or SmoothingParams()
@@ -176,7 +177,7 @@ class TemporalSmoother:
         image = image.to(alpha.device, non_blocking=True)
         grey = grey_cells(image, params.motion_scale)
         out = alpha
-        if self._must_reset(alpha, grey, t):
+        if self._must_reset(alpha, grey, t, params):
             self.resets += 1
         else:
             weight = follow_weight(grey, self._grey, params)
@@ -184,13 +185,13 @@ class TemporalSmoother:
         self._alpha, self._grey, self._time, self._grid = out, grey, t, params.motion_scale
         return out
 
-    def _must_reset(self, alpha: torch.Tensor, grey: torch.Tensor, t: float) -> bool:
+    def _must_reset(self, alpha: torch.Tensor, grey: torch.Tensor, t: float, params: SmoothingParams) -> bool:
         prev = self._alpha
-        if prev is None or self._grid != self.params.motion_scale:
+        if prev is None or self._grid != params.motion_scale:
             return True
         if prev.shape != alpha.shape or prev.device != alpha.device:
             return True
         dt = t - self._time
-        if dt < 0.0 or dt > self.params.max_gap:
+        if dt < 0.0 or dt > params.max_gap:
             return True
-        return is_scene_cut(grey, self._grey, self.params)
+        return is_scene_cut(grey, self._grey, params)

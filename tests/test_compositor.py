@@ -181,3 +181,82 @@ def test_gpu_compositor_matches_the_cpu_and_returns_cpu_uint8(mode):
     on_cpu = Compositor(params, "cpu")(image, alpha, 0.0)
     assert on_gpu.device.type == "cpu" and on_gpu.dtype == torch.uint8
     assert (on_gpu.int() - on_cpu.int()).abs().max() <= (3 if mode == "blur" else 2)
+
+
+def live_modes(tmp_path) -> list[CompositeParams]:
+    path = tmp_path / "bg.png"
+    Image.fromarray(np.full((H, W, 3), (200, 10, 10), np.uint8)).save(path)
+    video = tmp_path / "bg.mov"
+    write_video(video, [(0, 0, 255), (255, 0, 0)])
+    return [
+        CompositeParams(mode="color", refine_foreground=False),
+        CompositeParams(mode="blur", blur_radius=3),
+        CompositeParams(mode="image", background=str(path)),
+        CompositeParams(mode="matte", mirror=True),
+        CompositeParams(mode="rgba"),
+        CompositeParams(mode="video", background=str(video), refine_foreground=False),
+        CompositeParams(mode="color", color=(1, 2, 3), threshold=0.5),
+    ]
+
+
+class SwitchOnEveryRead(Compositor):
+    """A live change lands between any two reads of `.params`: the worst timing, made certain."""
+
+    def __init__(self, modes, **kwargs):
+        super().__init__(modes[0], **kwargs)
+        self.modes, self.reads = modes, 0
+
+    @property
+    def params(self):
+        self.reads += 1
+        return self.modes[self.reads % len(self.modes)]
+
+    @params.setter
+    def params(self, value):
+        pass
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_each_frame_reads_the_params_once(tmp_path, opencv):
+    modes = live_modes(tmp_path)
+    compositor = SwitchOnEveryRead(modes)
+    compositor.opencv_on_cpu = opencv
+    image, alpha = subject()
+    for i in range(2 * len(modes)):
+        reads = compositor.reads
+        out = compositor(image, alpha, i / 10)
+        assert compositor.reads == reads + 1
+        p = modes[compositor.reads % len(modes)]
+        plain = Compositor(p)
+        plain.opencv_on_cpu = opencv
+        assert torch.equal(out, plain(image, alpha, i / 10)), p.mode
+
+
+def test_modes_switched_from_another_thread_while_compositing(tmp_path):
+    """The bug seen live: `KeyError: 'blur'` when the page switched colour -> blur mid-frame."""
+    import sys
+    import threading
+
+    modes = live_modes(tmp_path)
+    compositor = Compositor(modes[0])
+    image, alpha = subject()
+    stop, switches = threading.Event(), [0]
+
+    def switch():
+        while not stop.is_set():
+            compositor.params = modes[switches[0] % len(modes)]
+            switches[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: changes land mid-frame
+    thread = threading.Thread(target=switch, daemon=True)
+    thread.start()
+    try:
+        for i in range(400):
+            out = compositor(image, alpha, i / 30)
+            assert out.shape[:2] == (H, W) and out.shape[2] in (1, 3, 4)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert switches[0] > 400

@@ -195,3 +195,66 @@ def test_smoother_runs_on_the_gpu_like_on_the_cpu():
         a, b = on_cpu(alpha, image, i / 30), on_gpu(alpha.cuda(), image, i / 30)
     assert b.device.type == "cuda"
     assert float((a - b.cpu()).abs().max()) < 0.02
+
+
+LIVE = [
+    SmoothingParams(motion_scale=2),
+    SmoothingParams(motion_scale=4, strength=1.0),
+    SmoothingParams(enabled=False),
+    SmoothingParams(motion_scale=3, motion_reach=0, max_gap=0.01),
+    SmoothingParams(strength=0.0),
+    SmoothingParams(motion_scale=1, scene_cut=0.0),
+]
+
+
+class SwitchOnEveryRead(TemporalSmoother):
+    """A live change lands between any two reads of `.params`: the worst timing, made certain."""
+
+    reads = 0
+
+    @property
+    def params(self):
+        self.reads += 1
+        return LIVE[self.reads % len(LIVE)]
+
+    @params.setter
+    def params(self, value):
+        pass
+
+
+def test_each_frame_reads_the_params_once():
+    smoother, reference = SwitchOnEveryRead(), TemporalSmoother()
+    for i in range(4 * len(LIVE)):
+        alpha, image = scene(20 + i % 5)
+        reads = smoother.reads
+        out = smoother(alpha, image, i / 30)
+        assert smoother.reads == reads + 1
+        reference.params = LIVE[smoother.reads % len(LIVE)]
+        assert torch.equal(out, reference(alpha, image, i / 30))
+
+
+def test_params_switched_from_another_thread_while_smoothing():
+    import sys
+    import threading
+
+    smoother = TemporalSmoother(LIVE[0], "cpu")
+    stop, switches = threading.Event(), [0]
+
+    def switch():
+        while not stop.is_set():
+            smoother.params = LIVE[switches[0] % len(LIVE)]
+            switches[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: changes land mid-frame
+    thread = threading.Thread(target=switch, daemon=True)
+    thread.start()
+    try:
+        for i in range(400):
+            alpha, image = scene(20 + i % 5)
+            assert smoother(alpha, image, i / 30).shape == (H, W)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert switches[0] > 400

@@ -1,8 +1,9 @@
 """The compositor: (image, alpha, t) -> the output picture, on the inference device.
 
 Everything stays on the compositor's device (the GPU when there is one); only the final uint8
-picture is copied to the CPU. `.params` may be replaced between frames (live controls); the
-background is reloaded only when its file changes.
+picture is copied to the CPU. `.params` may be replaced between frames (live controls) from
+another thread: each frame reads it once and passes that snapshot down, so a change never lands
+half-way through a frame. The background is reloaded only when its file changes.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ class Compositor:
         self._background_key = None
         self._back_u8: tuple = (None, None)
 
-    def background(self, h: int, w: int, t: float) -> torch.Tensor:
-        p = self.params
+    def background(self, h: int, w: int, t: float, p: CompositeParams | None = None) -> torch.Tensor:
+        p = p or self.params
         key = (p.mode, p.color if p.mode == "color" else p.background)
         if key != self._background_key:
             if hasattr(self._background, "close"):
@@ -120,22 +121,23 @@ class Compositor:
         if p.mode == "matte":
             return to_uint8(alpha).unsqueeze(-1).cpu()
         if self.device.type == "cpu" and self.opencv_on_cpu:
-            return self._compose_cpu(image, alpha, t)
+            return self._compose_cpu(image, alpha, t, p)
         frame = image.to(torch.float32) / 255.0
         fg = estimate_foreground(frame, alpha) if p.refine_foreground else frame
         if p.mode == "rgba":
             return torch.cat((to_uint8(fg), to_uint8(alpha).unsqueeze(-1)), dim=-1).cpu()
         a = alpha.unsqueeze(-1)
-        return to_uint8(fg * a + self._back(frame, alpha, t) * (1 - a)).cpu()
+        return to_uint8(fg * a + self._back(frame, alpha, t, p) * (1 - a)).cpu()
 
-    def _back(self, frame: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
-        if self.params.mode == "blur":
-            return blur_background(frame, alpha, self.params.blur_radius)
-        return self.background(*alpha.shape, t)
+    def _back(self, frame: torch.Tensor, alpha: torch.Tensor, t: float, p: CompositeParams) -> torch.Tensor:
+        if p.mode == "blur":
+            return blur_background(frame, alpha, p.blur_radius)
+        return self.background(*alpha.shape, t, p)
 
-    def _compose_cpu(self, image: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
+    def _compose_cpu(
+        self, image: torch.Tensor, alpha: torch.Tensor, t: float, p: CompositeParams
+    ) -> torch.Tensor:
         """The same picture with OpenCV on 8-bit data: float blending of whole frames is slow here."""
-        p = self.params
         # The 8-bit matte feeds only foreground estimation, the blur and the RGBA output: a
         # colour or picture background is blended with the float matte directly.
         needs_a8 = p.refine_foreground or p.mode in ("rgba", "blur")
@@ -148,7 +150,7 @@ class Compositor:
         if p.mode == "blur":
             back = blur_background_cpu(pixels, a8, p.blur_radius)
         else:
-            still = self.background(*weight.shape, t)
+            still = self.background(*weight.shape, t, p)
             if self._back_u8[0] is not still:  # a still background is converted once
                 self._back_u8 = (still, np.ascontiguousarray(to_uint8(still).numpy()))
             back = self._back_u8[1]
