@@ -13,7 +13,7 @@ Two paths, each at every frame size asked for:
   unchanged). Arrival, not decode, ends the measure because the client's (stock aiortc)
   jitter buffer releases a frame only when the *next* frame's first packet arrives: at the
   low frame rates of a CPU that would add a whole output interval that a browser (and the
-  server, see streamer.live.jitter) never waits. Decoding one frame adds a few ms.
+  server, see streamer.live.aiortc_compat) never waits. Decoding one frame adds a few ms.
 
 Both report latency p50/p95, delivered fps, drops, mean inference time, the share of time the
 worker waited for fresher frames (`fresh_wait`) and for results to be sent (`quiet`; both in
@@ -420,7 +420,7 @@ def main() -> None:
     parser.add_argument(
         "--stock-encoder",
         action="store_true",
-        help="the server sends with aiortc's own VP8 encoder (streamer.live.encoder's baseline)",
+        help="the server sends with aiortc's own VP8 encoder (streamer.live.aiortc_compat's baseline)",
     )
     args = parser.parse_args()
     args.frame_sizes = [tuple(int(v) for v in s.split("x")) for s in args.frame_sizes.split(",")]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_live import synthetic_frames  # noqa: E402
 
-from streamer.live.encoder import LiveVp8Encoder  # noqa: E402
+from streamer.live.aiortc_compat import LiveVp8Encoder  # noqa: E402
 
 CLOCK = Fraction(1, 90000)
 RATES = {"1 fps": 90000, "30 fps": 3000}

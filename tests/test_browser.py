@@ -140,7 +140,7 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             red, green, blue = page.evaluate(READ_PIXELS)["mean"]
             assert red < 35 and green > 220 and blue > 220
             page.wait_for_function("document.querySelector('[data-stat=fps]')?.textContent > 0")
-            # The browser decoded what the server's own VP8 encoder (streamer.live.encoder) sent.
+            # The browser decoded what the server's own VP8 encoder (streamer.live.aiortc_compat) sent.
             assert page.text_content("[data-stat=video]") == "VP8 (streamer encoder)"
             page.click("#stop")
             page.wait_for_function("document.getElementById('status').textContent === 'idle'")

@@ -7,7 +7,7 @@ from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
 
-from streamer.live.jitter import MarkerJitterBuffer, release_on_marker
+from streamer.live.aiortc_compat import MarkerJitterBuffer, release_on_marker
 
 
 def packet(seq: int, timestamp: int, data: bytes, marker: bool = False) -> RtpPacket:

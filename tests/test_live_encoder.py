@@ -12,7 +12,7 @@ from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, vp8_depayload
 from aiortc.jitterbuffer import JitterFrame
 from av import VideoFrame
 
-from streamer.live.encoder import MAX_FRAME_GAP, LiveVp8Encoder, answered_video_codec, use_live_encoder
+from streamer.live.aiortc_compat import MAX_FRAME_GAP, LiveVp8Encoder, answered_video_codec, use_live_encoder
 
 CLOCK = Fraction(1, 90000)
 SIZE = (240, 320)

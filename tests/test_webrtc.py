@@ -337,6 +337,7 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         assert stats["sent"] >= 6 and stats["received"] >= stats["sent"] and stats["fps"] > 0
         assert stats["latency_ms_p50"] is not None and stats["size"] == [64, 64]
         assert stats["video"] == "VP8 (streamer encoder)"
+        assert stats["compat"]["encoder"] == stats["compat"]["jitter_buffer"] == "ok"
         # The model size is the shared engine's: it changes between two batches, for every peer.
         status, reply = await client.post("/params", {"size": 96})
         assert status == 200 and reply["size"] == [96, 96]

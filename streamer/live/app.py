@@ -7,7 +7,8 @@ Endpoints (JSON unless noted):
   POST /close            {"peer"}: hang up and free the peer
   POST /params           {"peer", "composite": {...}, "smoothing": {...}, "size": N}
   POST /background?peer= raw image bytes (PNG/JPEG): this peer's background picture
-  GET  /stats?peer=      counters of that peer (fps, latency, drops, inference time)
+  GET  /stats?peer=      counters of that peer (fps, latency, drops, inference time); "compat": which
+                         aiortc patches are in use (streamer.live.aiortc_compat)
 Mistakes in a request get HTTP 400 with a one-line message naming the problem and the fix.
 """
 
@@ -33,8 +34,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from streamer.compose.compositor import MODES
 from streamer.config import update_params
 from streamer.errors import ConfigError
-from streamer.live.encoder import answered_video_codec, use_live_encoder
-from streamer.live.jitter import release_on_marker
+from streamer.live import aiortc_compat
+from streamer.live.aiortc_compat import answered_video_codec, release_on_marker, use_live_encoder
 from streamer.live.peer import Finisher, PeerSession
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
@@ -274,7 +275,9 @@ class LiveServer:
         return web.json_response({"background": list(image.shape)})
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self._peer(request.query.get("peer")).stats())
+        return web.json_response(
+            {**self._peer(request.query.get("peer")).stats(), "compat": aiortc_compat.status()}
+        )
 
 
 def _plain(params) -> dict:
