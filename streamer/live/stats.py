@@ -7,11 +7,12 @@ from collections import deque
 
 
 class RateMeter:
-    """Events per second over the last `window_s` seconds."""
+    """Events per second over the last `window_s` seconds (at most `most` events kept)."""
 
-    def __init__(self, window_s: float = 2.0) -> None:
+    def __init__(self, window_s: float = 2.0, most: int = 1024) -> None:
         self._window = window_s
-        self._times: deque[float] = deque()
+        # Trimming by time bounds the window at any steady rate; the cap bounds it at any rate.
+        self._times: deque[float] = deque(maxlen=most)
 
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
