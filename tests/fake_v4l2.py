@@ -6,9 +6,10 @@ serves a FUSE filesystem with one file, `video0`, that answers those ioctls and 
 written. The filesystem must run in another process: the native backend's write() holds the GIL, so
 a FUSE server in the same interpreter would deadlock.
 
-Run as `python fake_v4l2.py MOUNTPOINT RECORD_DIR`; `FakeV4l2Device` does that for tests.
+Run as `python fake_v4l2.py MOUNTPOINT RECORD_DIR [--discard]`; `FakeV4l2Device` does that for tests.
 Records in RECORD_DIR: `formats.jsonl` (one line per S_FMT) and `writes.bin` + `writes.jsonl` (every
-write's offset, size and time.monotonic(), which is the same clock in every process).
+write's offset, size and time.monotonic(), which is the same clock in every process). With
+`--discard` (long soaks: `keep=False`) writes are accepted and not recorded.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def fuse_missing_reason() -> str | None:
     return None
 
 
-def serve(mountpoint: str, record_dir: str) -> None:
+def serve(mountpoint: str, record_dir: str, keep_data: bool = True) -> None:
     """Serve the fake device until SIGTERM/SIGINT (libfuse unmounts on the way out)."""
     from fuse import FUSE, FuseOSError, Operations
 
@@ -140,10 +141,13 @@ def serve(mountpoint: str, record_dir: str) -> None:
             return b""
 
         def write(self, path, data, offset, fh):
-            data_file.write(data)
-            data_file.flush()
-            log_file.write(json.dumps({"offset": offset, "size": len(data), "t": time.monotonic()}) + "\n")
-            log_file.flush()
+            if keep_data:
+                data_file.write(data)
+                data_file.flush()
+                log_file.write(
+                    json.dumps({"offset": offset, "size": len(data), "t": time.monotonic()}) + "\n"
+                )
+                log_file.flush()
             return len(data)
 
         def ioctl(self, path, cmd, arg, fh, flags, data):
@@ -204,7 +208,8 @@ def _unmount(mountpoint: str) -> None:
 class FakeV4l2Device:
     """Context manager: mounts the fake device in `root` and exposes what was written to it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keep: bool = True):
+        self.keep = keep
         self.mountpoint = root / "mnt"
         self.record_dir = root / "record"
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -214,7 +219,8 @@ class FakeV4l2Device:
 
     def __enter__(self) -> FakeV4l2Device:
         self._proc = subprocess.Popen(
-            [sys.executable, __file__, str(self.mountpoint), str(self.record_dir)],
+            [sys.executable, __file__, str(self.mountpoint), str(self.record_dir)]
+            + ([] if self.keep else ["--discard"]),
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -272,4 +278,4 @@ class FakeV4l2Device:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2])
+    serve(sys.argv[1], sys.argv[2], keep_data="--discard" not in sys.argv[3:])
