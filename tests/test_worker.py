@@ -1,14 +1,17 @@
 """The live worker starts a slow network on fresh frames: a stale frame waits for its successor,
 within a small share of the batch time, and never when inference keeps up with the camera.
 After a batch it leaves the CPU to the media threads until the results are sent, within a
-share of the batch time too."""
+share of the batch time too.
+
+Time is the test's own: the worker reads a fake clock that only the test moves, and the engine
+returns only when the test lets it, so every decision happens at a known instant and nothing
+depends on how fast (or how loaded) the machine is. The test waits on conditions, never on time.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import random
-import statistics
-import time
+import threading
 
 import pytest
 import torch
@@ -20,127 +23,206 @@ from tests.harness import make_frames
 pytestmark = pytest.mark.timeout(60)
 
 
-class SleepyEngine:
-    """Takes `seconds` (+0..20%) per batch, like a network on a CPU, and returns alpha = 0.
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-    The spread keeps batches from locking to the camera's phase."""
+    def __call__(self) -> float:
+        return self.now
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.random = random.Random(7)
-        self.starts: list[float] = []
+
+class WatchedCondition(threading.Condition):
+    """The worker's lock; counts the waits with a deadline (held back for frames or for sending)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed_waits = 0
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            self.timed_waits += 1
+        return super().wait(timeout)
+
+
+class SteppedEngine:
+    """predict() records which frame it got and when, then returns when the test says so."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[float, int]] = []
+        self._go = threading.Semaphore(0)
 
     def predict(self, image):
-        self.starts.append(time.monotonic())
-        time.sleep(self.seconds * (1 + 0.2 * self.random.random()))
+        self.calls.append((self.clock(), int(image.reshape(-1)[0])))
+        self._go.acquire()
         return torch.zeros(image.shape[:-1])
 
-
-async def run_camera(engine, interval: float, duration: float) -> tuple[list[float], InferenceWorker]:
-    """Put a frame every `interval` s for `duration` s; returns each inferred frame's age when taken."""
-    ages: list[float] = []
-
-    def prepare(frame):
-        ages.append(time.monotonic() - frame.captured_at)
-        return frame
-
-    worker = InferenceWorker(engine)
-    worker.start()
-    slot = worker.open_slot(prepare=prepare)
-
-    async def results() -> None:
-        while True:
-            await slot.get()
-
-    reader = asyncio.ensure_future(results())
-    start = time.monotonic()
-    for n, frame in enumerate(make_frames(int(duration / interval))):
-        await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
-        frame.captured_at = time.monotonic()
-        slot.put(frame)
-    await asyncio.sleep(engine.seconds + 2 * interval)
-    reader.cancel()
-    await worker.aclose()
-    return ages[1:], worker  # the first batch has no earlier batch time to budget from
+    def finish(self) -> None:
+        self._go.release()
 
 
-async def test_a_slow_network_starts_on_frames_that_just_arrived():
-    ages, worker = await run_camera(SleepyEngine(0.3), interval=0.02, duration=3.0)
-    assert len(ages) >= 6
-    # Without waiting, ages spread evenly over 0..20 ms (median ~10 ms).
-    assert statistics.median(ages) < 0.005, ages
-    stats = worker.stats
-    assert stats.fresh_waits >= 2  # about half the batches find a stale frame
-    assert stats.fresh_wait_s <= worker_module.FRESH_WAIT_SHARE * stats.total_infer_s + 0.01
+async def until(condition, what: str, timeout: float = 20.0) -> None:
+    """Wait for `condition()` on the event loop (the timeout only stops a broken test)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+    assert condition(), what
 
 
-async def test_without_the_wait_frames_are_older(monkeypatch):
-    # The contrast that shows the first test measures something.
+class Rig:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.engine = SteppedEngine(self.clock)
+        self.worker = InferenceWorker(self.engine, nice=0, clock=self.clock)
+        self.cond = self.worker._cond = WatchedCondition()
+        self.frames = make_frames(40)
+
+    async def __aenter__(self) -> Rig:
+        self.worker.start()
+        self.slot = self.worker.open_slot()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for _ in range(4):  # let a blocked predict return so the thread can stop
+            self.engine.finish()
+        await self.worker.aclose()
+
+    def put(self, index: int, at: float) -> None:
+        self.clock.now = 1000.0 + at
+        self.slot.put(self.frames[index])
+
+    def advance_to(self, at: float) -> None:
+        with self.cond:  # wakes a worker waiting for a deadline, which reads the clock again
+            self.clock.now = 1000.0 + at
+            self.cond.notify_all()
+
+    async def engine_called(self, times: int) -> None:
+        await until(lambda: len(self.engine.calls) >= times, f"the engine called {times} times")
+
+    async def held_back(self) -> None:
+        """Returns once the worker waits for a deadline, having just checked for work."""
+        with self.cond:
+            seen = self.cond.timed_waits
+        await until(lambda: self.cond.timed_waits > seen, "the worker waits for a deadline")
+
+    async def slow_batch(self, until_at: float, camera: list[tuple[int, float]]) -> None:
+        """Frame 0 at 0 goes straight in; `camera` frames arrive during the batch, which ends at
+        `until_at`; its result is taken and sent at once."""
+        self.put(0, 0.0)
+        await self.engine_called(1)
+        for index, at in camera:
+            self.put(index, at)
+        self.clock.now = 1000.0 + until_at
+        self.engine.finish()
+        assert (await asyncio.wait_for(self.slot.get(), 20)).index == 0
+        self.slot.sent()
+
+
+def at(t: float):
+    return pytest.approx(1000.0 + t)
+
+
+CAMERA_20MS = [(k, 0.02 * k) for k in range(1, 16)]  # the last, frame 15, arrives at 0.30
+
+
+async def test_a_slow_network_starts_on_the_frame_that_just_arrived():
+    async with Rig() as rig:
+        # The batch ends at 0.31: frame 15 is 10 ms old, more than a quarter interval (5 ms), and
+        # frame 16 is due at 0.32, within the budget (5% of 0.31 s = 15.5 ms): worth waiting for.
+        await rig.slow_batch(0.31, CAMERA_20MS)
+        await rig.held_back()
+        assert len(rig.engine.calls) == 1
+        rig.put(16, 0.32)
+        await rig.engine_called(2)
+        assert rig.engine.calls[1] == (at(0.32), 16)
+        stats = rig.worker.stats
+        assert stats.fresh_waits == 1 and stats.fresh_wait_s == pytest.approx(0.01)
+        assert stats.last_infer_s == pytest.approx(0.31)
+        assert rig.slot.dropped == 15  # frames 1..15, each replaced by its successor
+
+
+async def test_without_the_wait_the_stale_frame_goes_in(monkeypatch):
+    # The contrast that shows the test above measures something.
     monkeypatch.setattr(worker_module, "FRESH_WAIT_SHARE", 0.0)
-    ages, worker = await run_camera(SleepyEngine(0.3), interval=0.02, duration=3.0)
-    assert worker.stats.fresh_waits == 0
-    assert statistics.median(ages) > 0.005, ages
+    async with Rig() as rig:
+        await rig.slow_batch(0.31, CAMERA_20MS)
+        await rig.engine_called(2)
+        assert rig.engine.calls[1] == (at(0.31), 15)  # 10 ms old when it went in
+        assert rig.worker.stats.fresh_waits == 0
+
+
+async def test_a_successor_too_far_off_is_not_waited_for():
+    async with Rig() as rig:
+        # 40 ms camera: frame 7 arrived at 0.28 and is 15 ms old when the batch ends at 0.295,
+        # but frame 8 is due at 0.32, 25 ms away, over the budget (5% of 0.295 s = 14.75 ms).
+        await rig.slow_batch(0.295, [(k, 0.04 * k) for k in range(1, 8)])
+        await rig.engine_called(2)
+        assert rig.engine.calls[1] == (at(0.295), 7)
+        assert rig.worker.stats.fresh_waits == 0
 
 
 async def test_a_network_that_keeps_up_never_waits():
-    ages, worker = await run_camera(SleepyEngine(0.005), interval=0.04, duration=1.0)
-    assert worker.stats.fresh_waits == 0
-    assert max(ages) < 0.03
+    async with Rig() as rig:
+        for k in range(10):  # a 40 ms camera, 5 ms batches: every frame is taken as it arrives
+            rig.put(k, 0.04 * k)
+            await rig.engine_called(k + 1)
+            assert rig.engine.calls[k] == (at(0.04 * k), k)
+            rig.clock.now += 0.005
+            rig.engine.finish()
+            assert (await asyncio.wait_for(rig.slot.get(), 20)).index == k
+            rig.slot.sent()
+        assert rig.worker.stats.fresh_waits == 0 and rig.slot.dropped == 0
 
 
 async def test_a_stalled_camera_does_not_hold_back_its_last_frame():
-    engine = SleepyEngine(0.3)
-    worker = InferenceWorker(engine)
-    worker.start()
-    slot = worker.open_slot()
-    for frame in make_frames(11):  # a steady 40 ms camera, then it stops
-        slot.put(frame)
-        await asyncio.sleep(0.04)
-    stopped = time.monotonic()
-    while (await asyncio.wait_for(slot.get(), 5)).index != 10:
-        pass
-    # At worst: the batch in flight, a wait of 1.25 intervals, then its own batch.
-    assert time.monotonic() - stopped < 2 * 1.2 * engine.seconds + 0.05 + 0.1
-    await worker.aclose()
-
-
-async def put_every(slot, interval: float, count: int) -> None:
-    for frame in make_frames(count):
-        slot.put(frame)
-        await asyncio.sleep(interval)
+    async with Rig() as rig:
+        await rig.slow_batch(0.31, CAMERA_20MS)  # then the camera stops
+        await rig.held_back()
+        # Frame 16 was due at 0.32; the worker gives up a quarter interval later (0.325).
+        rig.advance_to(0.324)
+        await rig.held_back()
+        assert len(rig.engine.calls) == 1
+        rig.advance_to(0.3252)
+        await rig.engine_called(2)
+        assert rig.engine.calls[1] == (at(0.3252), 15)
+        stats = rig.worker.stats
+        assert stats.fresh_waits == 1 and stats.fresh_wait_s == pytest.approx(0.0152)
+        assert stats.fresh_wait_s <= worker_module.FRESH_WAIT_SHARE * stats.last_infer_s
 
 
 async def test_the_next_batch_waits_until_the_results_are_sent(monkeypatch):
     monkeypatch.setattr(worker_module, "FRESH_WAIT_SHARE", 0.0)  # only the wait under test
-    engine = SleepyEngine(0.4)  # a share of 5%: up to 20 ms for the results to go out
-    worker = InferenceWorker(engine)
-    worker.start()
-    slot = worker.open_slot()
-    camera = asyncio.ensure_future(put_every(slot, 0.005, 400))
-    sent_at = []
-    for _ in range(4):
-        await asyncio.wait_for(slot.get(), 5)
-        await asyncio.sleep(0.012)  # compositing, encoding and sending
-        sent_at.append(time.monotonic())
-        slot.sent()
-    camera.cancel()
-    await worker.aclose()
-    # Each batch after the first starts only once the previous result has been sent.
-    for sent, start in zip(sent_at, engine.starts[1:], strict=False):
-        assert start >= sent, (start - sent) * 1000
-    assert worker.stats.quiet_wait_s >= 0.01 * 3
+    async with Rig() as rig:
+        rig.put(0, 0.0)
+        await rig.engine_called(1)
+        rig.put(1, 0.1)
+        rig.clock.now = 1000.4  # a 0.4 s batch: up to 20 ms for its results to go out
+        rig.engine.finish()
+        assert (await asyncio.wait_for(rig.slot.get(), 20)).index == 0
+        await rig.held_back()
+        rig.advance_to(0.412)  # compositing, encoding and sending took 12 ms
+        await rig.held_back()
+        assert len(rig.engine.calls) == 1  # frame 1 waits although the worker is free
+        rig.slot.sent()
+        await rig.engine_called(2)
+        assert rig.engine.calls[1] == (at(0.412), 1)
+        assert rig.worker.stats.quiet_wait_s == pytest.approx(0.012)
 
 
-async def test_results_never_sent_hold_the_worker_back_only_for_its_share():
-    engine = SleepyEngine(0.2)
-    worker = InferenceWorker(engine)
-    worker.start()
-    slot = worker.open_slot()
-    camera = asyncio.ensure_future(put_every(slot, 0.01, 200))
-    for _ in range(5):
-        await asyncio.wait_for(slot.get(), 5)
-    camera.cancel()
-    await worker.aclose()
-    stats = worker.stats
-    share = worker_module.QUIET_SHARE * stats.total_infer_s
-    assert 0.8 * share - 0.01 <= stats.quiet_wait_s <= share + 0.02
+async def test_results_never_sent_hold_the_worker_back_only_for_its_share(monkeypatch):
+    monkeypatch.setattr(worker_module, "FRESH_WAIT_SHARE", 0.0)  # only the wait under test
+    async with Rig() as rig:
+        rig.put(0, 0.0)
+        await rig.engine_called(1)
+        rig.put(1, 0.1)
+        rig.clock.now = 1000.2
+        rig.engine.finish()
+        await asyncio.wait_for(rig.slot.get(), 20)  # and never says it was sent
+        await rig.held_back()
+        rig.advance_to(0.209)
+        await rig.held_back()
+        assert len(rig.engine.calls) == 1
+        rig.advance_to(0.2101)  # past QUIET_SHARE (5%) of 0.2 s
+        await rig.engine_called(2)
+        share = worker_module.QUIET_SHARE * rig.worker.stats.total_infer_s
+        assert share == pytest.approx(0.01) and rig.worker.stats.quiet_wait_s == pytest.approx(0.0101)

@@ -99,7 +99,7 @@ class WorkerSlot:
         is then done in the worker thread, and only for frames that are not dropped."""
         if self.closed:
             return
-        now = time.monotonic()
+        now = self._worker.clock()
         with self._worker._cond:
             if self._waiting is not None:
                 self.dropped += 1
@@ -173,7 +173,9 @@ class InferenceWorker:
     when given, is called in the worker thread between batches after `set_size` and returns
     the engine to use from then on (the input size is shared by all peers). The thread runs
     `nice` steps below the rest of the process (`streamer.priority`), so that decoding,
-    compositing and encoding each frame never wait behind the network.
+    compositing and encoding each frame never wait behind the network. `clock` times every
+    decision and statistic (tests drive their own; a wait ends early when another thread
+    notifies `_cond`).
     """
 
     def __init__(
@@ -183,8 +185,10 @@ class InferenceWorker:
         resize: Callable[[tuple[int, int]], object] | None = None,
         size: tuple[int, int] | None = None,
         nice: int = BACKGROUND_NICE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.clock = clock
         self.nice = nice
         self._resize = resize
         self.size = size
@@ -255,7 +259,7 @@ class InferenceWorker:
             while True:
                 if self._stopping:
                     return None
-                now = time.monotonic()
+                now = self.clock()
                 budget = FRESH_WAIT_SHARE * self.stats.last_infer_s
                 due = None if self._pending_size else self._fresher_frames_due(now, budget)
                 if due is not None and (deadline := min(due, (waited_from or now) + budget)) > now:
@@ -267,7 +271,7 @@ class InferenceWorker:
                 if batch or size:
                     if waited_from is not None:
                         self.stats.fresh_waits += 1
-                        self.stats.fresh_wait_s += time.monotonic() - waited_from
+                        self.stats.fresh_wait_s += self.clock() - waited_from
                     return batch, size
                 self._cond.wait()
 
@@ -287,13 +291,13 @@ class InferenceWorker:
                 self._apply_size(size)
             if not batch:
                 continue
-            started = time.monotonic()
+            started = self.clock()
             try:
                 frames = [slot._prepare(item) if slot._prepare else item for slot, item in batch]
-                started = time.monotonic()  # the engine's time only, not the RGB conversion
+                started = self.clock()  # the engine's time only, not the RGB conversion
                 alphas = self._predict([frame.image for frame in frames])
                 results: list[Frame | BaseException] = []
-                infer_s = time.monotonic() - started
+                infer_s = self.clock() - started
                 for frame, alpha in zip(frames, alphas, strict=True):
                     frame.alpha = alpha
                     frame.meta["infer_s"] = infer_s
@@ -301,7 +305,7 @@ class InferenceWorker:
             except Exception as err:  # a failed batch is reported to each peer, the worker goes on
                 log.exception("inference failed")
                 results = [err] * len(batch)
-            self._record(len(batch), time.monotonic() - started)
+            self._record(len(batch), self.clock() - started)
             with self._cond:
                 for (slot, _), result in zip(batch, results, strict=True):
                     slot._in_flight = False
@@ -311,14 +315,14 @@ class InferenceWorker:
             self._wait_until_sent([slot for slot, _ in batch])
 
     def _wait_until_sent(self, slots: list[WorkerSlot]) -> None:
-        started = time.monotonic()
+        started = self.clock()
         deadline = started + QUIET_SHARE * self.stats.last_infer_s
         with self._cond:
             while not self._stopping and any(slot._unsent and not slot.closed for slot in slots):
-                if (left := deadline - time.monotonic()) <= 0:
+                if (left := deadline - self.clock()) <= 0:
                     break
                 self._cond.wait(left)
-        self.stats.quiet_wait_s += time.monotonic() - started
+        self.stats.quiet_wait_s += self.clock() - started
 
     def _apply_size(self, size: tuple[int, int]) -> None:
         try:

@@ -13,6 +13,7 @@ import logging
 import platform
 import threading
 import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -235,7 +236,15 @@ class VcamSink:
     so a file plays at the camera's rate with nothing dropped.
     """
 
-    def __init__(self, params: VcamParams, *, every_frame: bool = False):
+    def __init__(
+        self,
+        params: VcamParams,
+        *,
+        every_frame: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
+    ):
+        """`clock` and `wait(seconds) -> stop requested` pace the sender thread (tests step them)."""
         if params.width is None or params.height is None or params.fps is None:
             raise ValueError("VcamSink needs width, height and fps; use open_vcam() to take the source's")
         self.params = params
@@ -252,6 +261,7 @@ class VcamSink:
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._clock, self._wait = clock, wait or self._stop.wait
         self._closed = False
         self._thread = threading.Thread(target=self._send_loop, name="vcam-sender", daemon=True)
         self._thread.start()
@@ -304,10 +314,10 @@ class VcamSink:
 
     def _send_loop(self) -> None:
         period = 1.0 / self.fps
-        deadline = time.monotonic()
+        deadline = self._clock()
         while True:
-            delay = deadline - time.monotonic()
-            if delay > 0 and self._stop.wait(delay) or self._stop.is_set():
+            delay = deadline - self._clock()
+            if delay > 0 and self._wait(delay) or self._stop.is_set():
                 return
             with self._cond:
                 data, fresh = self._latest, self._fresh
@@ -325,7 +335,7 @@ class VcamSink:
                 self.stats.repeated += not fresh
                 self._cond.notify_all()
             deadline += period
-            behind = time.monotonic() - deadline
+            behind = self._clock() - deadline
             if behind > period:
                 # After a stall, skip the missed ticks rather than sending a burst of repeats.
                 missed = int(behind / period)
