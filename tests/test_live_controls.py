@@ -46,7 +46,8 @@ def test_commands_replace_params_and_reject_bad_values(job):
 
 
 async def test_change_applies_to_the_running_pipeline(job):
-    frames = make_frames(150, size=(48, 64))
+    # Enough camera for a very slow machine (20 s); the test stops it once the change has shown.
+    frames = make_frames(600, size=(48, 64))
     sink = ListSink()
     stages = [InferStage(job.engine), SmoothStage(job.smoother), CompositeStage(job.compositor)]
     pipe = Pipeline(ListSource(frames, live=True, interval=0.03), stages, [sink], live=True)
@@ -54,6 +55,10 @@ async def test_change_applies_to_the_running_pipeline(job):
     while not sink.frames and not task.done():
         await asyncio.sleep(0.02)
     Controls(job).apply("mode matte")
+    while not (sink.frames and sink.frames[-1].output.shape[-1] == 1) and not task.done():
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # a few more frames: the change must stay
+    pipe.stop()
     await asyncio.wait_for(task, 60)
     channels = [f.output.shape[-1] for f in sink.frames]
     assert channels[0] == 3 and channels[-1] == 1

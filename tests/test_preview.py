@@ -21,7 +21,7 @@ def frame_of(output: np.ndarray) -> Frame:
 
 
 def get(url: str, limit: int | None = None) -> tuple[int, str, bytes]:
-    with urllib.request.urlopen(url, timeout=5) as reply:
+    with urllib.request.urlopen(url, timeout=30) as reply:
         return reply.status, reply.headers["Content-Type"], reply.read(limit) if limit else reply.read()
 
 
@@ -78,7 +78,7 @@ def test_busy_port_is_a_one_line_error():
 def test_close_ends_open_streams():
     sink = PreviewSink(port=0)
     sink.write(frame_of(np.zeros((8, 8, 3), np.uint8)))
-    reply = urllib.request.urlopen(sink.url + "stream", timeout=5)
+    reply = urllib.request.urlopen(sink.url + "stream", timeout=30)
     reply.read(16)
     sink.close()
     sink.close()  # idempotent

@@ -103,6 +103,13 @@ def make_frame(index: int, value: int = 0, size: tuple[int, int] = (8, 8)) -> Fr
     return Frame(image, index, Fraction(1, 30), index, time.monotonic())
 
 
+async def until(condition, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.002)
+
+
 async def started(engine) -> InferenceWorker:
     worker = InferenceWorker(engine)
     worker.start()
@@ -114,8 +121,7 @@ async def test_worker_keeps_one_in_flight_and_the_newest_waiting():
     worker = await started(engine)
     slot = worker.open_slot()
     slot.put(make_frame(0))
-    await asyncio.sleep(0.05)
-    assert slot.busy  # frame 0 is inside the engine
+    await until(lambda: slot.busy, "frame 0 never went into the engine")
     for i in range(1, 6):
         slot.put(make_frame(i))
     assert slot.dropped == 4  # 1..4 replaced while waiting; 5 waits
@@ -133,7 +139,7 @@ async def test_worker_batches_all_peers_into_one_predict():
     worker = await started(engine)
     blocker, *peers = [worker.open_slot() for _ in range(4)]
     blocker.put(make_frame(0))
-    await asyncio.sleep(0.05)
+    await until(lambda: blocker.busy, "frame 0 never went into the engine")
     for n, slot in enumerate(peers):
         slot.put(make_frame(10 + n, value=10 * n))
     engine.gate.release()
@@ -250,6 +256,17 @@ class Client:
                 await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
         return [frame.to_ndarray(format="rgb24") for frame in self.frames[start : start + count]]
 
+    async def shows(self, ok, what: str, timeout: float = 30) -> np.ndarray:
+        """The first frame from now on for which `ok(picture)` holds (a change has landed); the
+        frame after it must hold too (it stays). Frames composited before the change may still be
+        on their way, however many a loaded machine has in flight."""
+        deadline = time.monotonic() + timeout
+        while not ok((await self.wait_frames(1, timeout))[0]):
+            assert time.monotonic() < deadline, f"no frame showed {what} within {timeout} s"
+        following = (await self.wait_frames(1, timeout))[0]
+        assert ok(following), f"{what} showed once, then went away"
+        return following
+
     async def post(self, path: str, body: dict) -> tuple[int, dict]:
         async with self.http.post(f"{self.base}{path}", json={"peer": self.peer, **body}) as response:
             return response.status, await response.json()
@@ -307,6 +324,10 @@ def expected_output(engine, composite) -> np.ndarray:
     return np.repeat(output, 3, axis=2) if output.shape[2] == 1 else output
 
 
+def mean_error(picture: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    return np.abs(picture.astype(np.float32) - expected.astype(np.float32)).mean(axis=(0, 1))
+
+
 def assert_close(picture: np.ndarray, expected: np.ndarray, tolerance: float = 10.0) -> None:
     # VP8 both ways blurs edges and shifts colours a little: compare means, not pixels.
     error = np.abs(picture.astype(np.float32) - expected.astype(np.float32)).mean(axis=(0, 1))
@@ -325,9 +346,8 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         assert_close(frames[-1], expected_output(engine, CompositeParams(mode="matte")))
         status, reply = await client.post("/params", {"composite": {"mode": "color", "color": "#ff00ff"}})
         assert status == 200 and reply["composite"]["color"] == [255, 0, 255]
-        await asyncio.sleep(0.5)
-        magenta = (await client.wait_frames(3))[-1]
-        assert_close(magenta, expected_output(engine, CompositeParams(mode="color", color=(255, 0, 255))))
+        expected = expected_output(engine, CompositeParams(mode="color", color=(255, 0, 255)))
+        await client.shows(lambda picture: mean_error(picture, expected).max() < 10, "magenta")
         status, reply = await client.post("/params", {"composite": {"mode": "sepia"}})
         assert status == 400 and reply["error"].startswith("composite.mode: 'sepia' is not one of")
         status, reply = await client.post("/params", {"smoothing": {"strength": 0.9, "enabled": "on"}})
@@ -379,11 +399,8 @@ async def test_peers_share_the_worker_but_not_their_settings():
         assert server.worker.peers == 2
         status, _ = await magenta.post("/params", {"composite": {"mode": "color", "color": "magenta"}})
         assert status == 200
-        await asyncio.sleep(0.5)
-        assert_close(
-            (await magenta.wait_frames(2))[-1],
-            expected_output(engine, CompositeParams("color", (255, 0, 255))),
-        )
+        expected = expected_output(engine, CompositeParams("color", (255, 0, 255)))
+        await magenta.shows(lambda picture: mean_error(picture, expected).max() < 10, "magenta")
         assert_close((await grey.wait_frames(2))[-1], expected_output(engine, CompositeParams("matte")))
         assert sum(thread.name == "streamer-infer" for thread in threading.enumerate()) == 1
         await grey.close()
@@ -466,10 +483,13 @@ async def test_background_upload_switches_that_peer_to_the_picture():
             assert r.status == 200 and (await r.json())["background"] == [24, 32, 3]
         params = server.peers[client.peer].finisher.compositor.params
         assert params.mode == "image" and Path(params.background).is_file()
+
         # Alpha is the red channel here: the blue right half is all background, now yellow.
-        await asyncio.sleep(0.5)
-        right = (await client.wait_frames(2))[-1][:, -40:].reshape(-1, 3).mean(axis=0)
-        assert right[0] > 200 and right[1] > 200 and right[2] < 60, right
+        def yellow_right_half(picture: np.ndarray) -> bool:
+            right = picture[:, -40:].reshape(-1, 3).mean(axis=0)
+            return right[0] > 200 and right[1] > 200 and right[2] < 60
+
+        await client.shows(yellow_right_half, "the yellow background")
         await client.close()
         assert not Path(params.background).exists()
 
@@ -498,6 +518,17 @@ def live_counts() -> tuple[int, set[str], int]:
     return tasks, threads, pcs
 
 
+async def settled_counts(timeout: float = 30) -> tuple[int, set[str], int]:
+    """`live_counts()` once it stops changing (a closed peer's tasks end a moment later)."""
+    deadline = time.monotonic() + timeout
+    counts = live_counts()
+    while True:
+        await asyncio.sleep(0.2)
+        if (now := live_counts()) == counts or time.monotonic() > deadline:
+            return now
+        counts = now
+
+
 @pytest.mark.slow
 async def test_fifty_connect_disconnect_cycles_leak_nothing():
     # Lifetimes, not pixels: the quick stand-in engine keeps 50 cycles well inside a minute.
@@ -512,8 +543,7 @@ async def test_fifty_connect_disconnect_cycles_leak_nothing():
             await client.close(hang_up=n % 2 == 0)
 
         await cycle(0)  # warm-up: thread pools and caches that live as long as the server
-        await asyncio.sleep(0.5)
-        before = live_counts()
+        before = await settled_counts()
         for n in range(50):
             await cycle(n)
         deadline = time.monotonic() + 15
