@@ -25,11 +25,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -131,6 +133,12 @@ def process_figures() -> dict:
     }
 
 
+def thread_kinds() -> dict[str, int]:
+    """Python threads by name, pools counted by pool ("asyncio_3" -> "asyncio"): a pool that grows
+    to its bound is no leak; a new kind, or a kind that keeps growing, is."""
+    return dict(Counter(re.sub(r"_\d+$", "", t.name) for t in threading.enumerate()))
+
+
 def slot_depth(peer) -> int:
     """Frames held by a peer's hand-over to the worker (waiting + in flight + result)."""
     slot = getattr(peer, "slot", None)
@@ -204,6 +212,7 @@ async def soak(args, weights: Path, device: str) -> list[dict]:
                 "peer_slot": max((slot_depth(p) for p in server.peers.values()), default=0),
                 "state": stats["state"],
                 "load": round(os.getloadavg()[0], 2),
+                "thread_kinds": thread_kinds(),
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -225,6 +234,10 @@ def verdict(rows: list[dict]) -> list[str]:
         f"RSS after minute {base['min']}: {base['rss_mb']} MB, then at most +{growth:.1f} MB "
         f"({'met' if growth < RSS_GROWTH_MB else 'NOT met'}: < {RSS_GROWTH_MB:g} MB)"
     ]
+    if last["thread_kinds"] != base["thread_kinds"]:
+        lines.append(
+            f"python threads by kind: {base['thread_kinds']} at minute {base['min']}, {last['thread_kinds']} at the end"
+        )
     for key in ("fds", "threads", "tasks"):
         flat = last[key] == base[key]
         seen = sorted({r[key] for r in rows[rows.index(base) :]})
@@ -260,7 +273,7 @@ def main() -> None:
         weights = Path(tmp) / "lite.safetensors"
         save_file(make_state_dict("lite"), str(weights))
         rows = asyncio.run(soak(args, weights, device.device))
-    keys = list(rows[0])
+    keys = [k for k in rows[0] if k != "thread_kinds"]
     print(" | ".join(keys))
     for row in rows:
         print(" | ".join(str(row[k]) for k in keys))
