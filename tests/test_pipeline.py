@@ -66,8 +66,10 @@ async def test_live_drops_instead_of_building_latency():
     assert len(sink.frames) + stats.dropped == 60
     indices = [f.index for f in sink.frames]
     assert indices == sorted(indices)
-    # Latency stays near one stage time plus one waiting frame; it never grows with the run.
-    assert stats.latencies.max < 0.03 * 3 + 0.05
+    # Latency stays near one stage time plus one waiting frame; it never grows with the run. A
+    # queue that kept every frame would make the last one wait ~1.2 s (60 x 30 ms of work against
+    # 60 x 10 ms of camera); the bound leaves a loaded machine 4x the ideal ~0.1 s.
+    assert stats.latencies.max < 0.4
     assert slow.batches == [1] * len(slow.batches)
 
 
