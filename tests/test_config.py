@@ -112,3 +112,12 @@ def test_missing_preset_lists_the_presets():
 def test_every_preset_is_valid(preset):
     config = load_config(preset)
     assert config.model.size[0] % 32 == 0
+
+
+def test_presets_command_lists_every_preset_with_its_description(capsys):
+    from streamer.cli import main
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert all(len(line.split(maxsplit=1)) == 2 and "\n" not in line for line in lines)
