@@ -30,7 +30,9 @@ LOOK_OPTIONS = {
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file or preset name (see `streamer presets`; options override it)")
+    parser.add_argument(
+        "--config", help="YAML file or preset name (see `streamer presets`; options override it)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config value"
     )
