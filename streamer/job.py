@@ -60,7 +60,14 @@ def open_output(spec: str, info, config: JobConfig):
         )
     from streamer.sinks.open import open_sink
 
-    return open_sink(spec, info=info, overwrite=config.output.overwrite, crf=config.output.crf)
+    background = config.composite.background
+    return open_sink(
+        spec,
+        info=info,
+        overwrite=config.output.overwrite,
+        crf=config.output.crf,
+        inputs=[background] if background else (),
+    )
 
 
 def build_processing(config: JobConfig):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from tests.media import count_audio, make_clip, read_video, truncate
+from tests.media import count_audio, make_clip, pattern, read_video, truncate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,3 +194,37 @@ def test_presets_load(tmp_path, clip, lite):
     result = streamer("run", "--source", clip, "--sink", out, "--config", "green-screen", *lite)
     assert result.returncode == 0, result.stderr
     assert len(read_video(out)[0]) == 20
+
+
+@pytest.mark.parametrize("link", ["same-path", "symlink", "hardlink", "png-folder"])
+def test_output_that_is_the_input_is_refused_even_with_overwrite(tmp_path, lite, link):
+    if link == "png-folder":
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        for i in range(3):
+            Image.fromarray(pattern(i, (64, 48))).save(frames / f"frame_{i:06d}.png")
+        source, sink, precious = frames, f"{frames}/", sorted(frames.iterdir())
+    else:
+        source = make_clip(tmp_path / "clip.mp4", frames=5, size=(64, 48), audio=False)
+        sink = {"same-path": tmp_path / "." / "clip.mp4", "symlink": tmp_path / "link.mp4"}.get(
+            link, tmp_path / "hard.mp4"
+        )
+        if link == "symlink":
+            sink.symlink_to(source)
+        elif link == "hardlink":
+            os.link(source, sink)
+        precious = [source]
+    before = [p.read_bytes() for p in precious]
+    for extra in ([], ["--overwrite"]):
+        result = streamer("run", "--source", source, "--sink", sink, *lite, *extra)
+        assert_one_line_error(result, "is the input", "destroy")
+    assert [p.read_bytes() for p in precious] == before
+
+
+def test_image_output_that_is_the_input_is_refused(tmp_path, lite):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(pattern(0, (64, 48))).save(photo)
+    before = photo.read_bytes()
+    result = streamer("image", photo, "-o", photo, "--overwrite", *lite)
+    assert_one_line_error(result, "is the input")
+    assert photo.read_bytes() == before

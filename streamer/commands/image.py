@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from streamer.errors import ConfigError, MediaError
+from streamer.sinks.paths import refuse_input_as_output
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FORMATS = {"mask": "matte", "cutout": "rgba", "composite": "color"}
@@ -127,6 +128,7 @@ def build(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     targets = plan_outputs(paths, args.output, args.format)
+    refuse_input_as_output(targets, paths)
     existing = [t for t in targets if t.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,28 @@ def check_output_file(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise MediaError(f"output exists: {path} (pass --overwrite to replace it)")
     ensure_writable_folder(path.parent)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both name one file: the same path after resolving links, or the same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
+def refuse_input_as_output(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """One line, before any work, when an output would overwrite an input (even with --overwrite)."""
+    inputs = list(inputs)
+    for output in outputs:
+        for source in inputs:
+            if same_file(output, source):
+                raise MediaError(
+                    f"output {output} is the input {source}: writing it would destroy the source "
+                    "(choose another output name)"
+                )
 
 
 def output_array(frame: Frame) -> np.ndarray:

@@ -29,6 +29,8 @@ class SourceInfo:
     audio_path: str | None = None
     """A path/URL whose audio stream a file sink should carry over (None: no audio)."""
     description: str = ""
+    files: tuple[str, ...] = ()
+    """Local files this source reads: no output may be one of them."""
 
 
 class Source(Protocol):

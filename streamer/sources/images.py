@@ -97,6 +97,7 @@ class ImageSource:
             frame_count=len(self._paths),
             live=False,
             audio_path=None,
+            files=tuple(map(str, self._paths)),
             description=f"{spec} ({len(self._paths)} images {width}x{height} @ {self.params.fps:g} fps)",
         )
 

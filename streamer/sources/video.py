@@ -142,6 +142,7 @@ class VideoSource:
             live=live,
             # A live stream cannot be opened a second time in step for its audio.
             audio_path=self.url if self._container.streams.audio and not live else None,
+            files=(self.url,) if scheme_of(self.url) in (None, "file") else (),
             description=f"{self.url} ({stream.codec_context.name} {width}x{height}"
             + (f" @ {float(rate):.3g} fps" if rate else "")
             + (", live)" if live else ")"),
