@@ -19,6 +19,8 @@ from PIL import Image
 from tests.media import count_audio, make_clip, pattern, read_video, truncate
 
 ROOT = Path(__file__).resolve().parent.parent
+# One intra-op thread: two spin-waiting OpenMP workers are several times slower on a loaded machine.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def streamer(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -228,3 +230,67 @@ def test_image_output_that_is_the_input_is_refused(tmp_path, lite):
     result = streamer("image", photo, "-o", photo, "--overwrite", *lite)
     assert_one_line_error(result, "is the input")
     assert photo.read_bytes() == before
+
+
+def complete_fragments(path: Path) -> int:
+    """Fragments (moof + mdat) wholly on disk in an MP4/MOV being written, by walking its top-level boxes."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    count, offset, after_moof = 0, 0, False
+    while offset + 8 <= len(data):
+        size, kind = int.from_bytes(data[offset : offset + 4], "big"), data[offset + 4 : offset + 8]
+        if size == 1 and offset + 16 <= len(data):
+            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        if size < 8 or offset + size > len(data):
+            break
+        count += kind == b"mdat" and after_moof
+        after_moof = kind == b"moof"
+        offset += size
+    return count
+
+
+def test_sigkill_leaves_playable_partials_and_the_rerun_keeps_them(tmp_path, lite):
+    # 5 fps: a fragment (at most a second) is a few frames, so the job is killed early.
+    clip = make_clip(tmp_path / "clip.mp4", frames=60, size=(96, 64), fps=5, audio=True)
+    mp4, mov = tmp_path / "out.mp4", tmp_path / "out.mov"
+    args = ["run", "--source", clip, "--sink", mp4, "--sink", mov, "--mode", "rgba", *lite, "--batch", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", *map(str, args), "--no-progress"],
+        cwd=ROOT,
+        env=ONE_THREAD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    partials = [tmp_path / "out.partial.mp4", tmp_path / "out.partial.mov"]
+    try:
+        deadline = time.monotonic() + 200  # a hang guard only: the wait is on the files' progress
+        while min(map(complete_fragments, partials)) < 1 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no fragment was written"
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert not mp4.exists() and not mov.exists()  # the final names only ever hold complete files
+    cut = [read_video(partial, format="rgba") for partial in partials]
+    for frames, pts, _ in cut:
+        assert 0 < len(frames) < 60
+        assert pts == sorted(pts)
+    assert count_audio(partials[0])[0] > 0
+    assert np.ptp(cut[1][0][0][..., 3]) > 10  # ProRes kept its alpha
+
+    rerun = streamer(*args, env=ONE_THREAD)
+    assert rerun.returncode == 0, rerun.stderr
+    for final, (frames, _, _) in zip((mp4, mov), cut, strict=True):
+        kept = final.with_name(f"out.interrupted{final.suffix}")
+        assert f"kept as {kept}" in rerun.stderr
+        assert len(read_video(kept)[0]) == len(frames)  # the killed run's work, moved aside untouched
+        complete = read_video(final, format="rgba")[0]
+        assert len(complete) == 60
+        # The partial holds the job's first frames, in order (as the complete run made them).
+        diff = np.abs(np.stack(frames).astype(int) - np.stack(complete[: len(frames)]).astype(int))
+        assert diff.mean() < 2, diff.mean()
+    assert not list(tmp_path.glob("*.partial.*"))
