@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 from typing import Any
 
 from streamer.config import JobConfig, update_params
@@ -145,16 +146,32 @@ class Controls:
 
     def start(self, loop) -> None:
         print("live controls: type 'help' for commands", file=self.out)
-        loop.add_reader(sys.stdin.fileno(), self._on_input, loop)
+        try:
+            loop.add_reader(sys.stdin.fileno(), self._on_input, loop)
+        except NotImplementedError:
+            # Windows' event loop cannot watch stdin: a daemon thread reads it instead and hands
+            # each line to the loop (it ends with the process).
+            threading.Thread(
+                target=self._read_lines, args=(loop,), name="streamer-controls", daemon=True
+            ).start()
+            self._threaded = True
 
     def stop(self, loop) -> None:
-        loop.remove_reader(sys.stdin.fileno())
+        if not getattr(self, "_threaded", False):
+            loop.remove_reader(sys.stdin.fileno())
+
+    def _read_lines(self, loop) -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(self._reply, line)
+
+    def _reply(self, line: str) -> None:
+        reply = self.apply(line)
+        if reply:
+            print(f"streamer: {reply}", file=self.out)
 
     def _on_input(self, loop) -> None:
         line = sys.stdin.readline()
         if not line:  # end of input: stop listening instead of spinning on EOF
             self.stop(loop)
         else:
-            reply = self.apply(line)
-            if reply:
-                print(f"streamer: {reply}", file=self.out)
+            self._reply(line)

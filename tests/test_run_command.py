@@ -24,6 +24,7 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def streamer(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", ONE_THREAD)
     return subprocess.run(
         [sys.executable, "-m", "streamer", *map(str, args)],
         capture_output=True,
@@ -131,6 +132,35 @@ def test_sigint_leaves_a_playable_file_with_the_frames_so_far(tmp_path, lite):
     assert pts == sorted(pts)
     packets, seconds = count_audio(out)
     assert packets > 0 and seconds <= len(frames) / 25 + 0.1
+
+
+def test_sigterm_finishes_the_frames_in_flight_and_exits_143(tmp_path, lite):
+    clip = make_clip(tmp_path / "long.mp4", frames=100, size=(96, 64), fps=25, audio=True)
+    out = tmp_path / "out.mov"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "run", "--source", clip, "--sink", out, *lite, "--batch", "1"],
+        cwd=ROOT,
+        env=ONE_THREAD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(1), "")))
+    reader.start()
+    deadline = time.monotonic() + 200  # a hang guard: the wait is on the progress bar
+    while not re.search(r"\b([3-9]|\d\d)/100\b", "".join(chunks)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "".join(chunks)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    err = "".join(chunks)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "Traceback" not in err
+    frames, pts, _ = read_video(out)
+    assert 3 <= len(frames) < 100
+    assert pts == sorted(pts)
 
 
 def test_existing_output_needs_overwrite(tmp_path, clip, lite):
