@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.media import count_audio, make_clip, pattern, read_video, truncate
+from tests.media import count_audio, damage_png_frames, make_clip, pattern, read_video, truncate
 
 ROOT = Path(__file__).resolve().parent.parent
 # One intra-op thread: two spin-waiting OpenMP workers are several times slower on a loaded machine.
@@ -208,17 +208,62 @@ def test_user_mistakes_are_one_line_errors(tmp_path, clip, lite, make_args, need
     assert_one_line_error(streamer("run", *lite, *map(str, make_args(tmp_path, clip))), *needles)
 
 
-def test_corrupt_and_truncated_inputs(tmp_path, lite):
+def test_input_of_which_nothing_decodes_is_one_line_error(tmp_path, lite):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(os.urandom(5000))
     assert_one_line_error(streamer("run", "--source", junk, "--sink", tmp_path / "a.mp4", *lite), "junk.mp4")
-    clip = make_clip(tmp_path / "c.mp4", frames=30, size=(96, 64), audio=True)
-    cut = truncate(clip, tmp_path / "cut.mp4", 0.6)
-    result = streamer("run", "--source", cut, "--sink", tmp_path / "b.mp4", *lite)
-    if result.returncode == 0:  # what decodes is processed; the output is still complete and playable
-        assert 0 < len(read_video(tmp_path / "b.mp4")[0]) <= 30
-    else:
-        assert_one_line_error(result, "cut.mp4")
+
+
+def warnings_of(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("streamer: warning: ")]
+
+
+def test_truncated_input_is_processed_to_the_cut_and_reported(tmp_path, lite):
+    # faststart: the index is up front, so half a file still opens and half its frames decode.
+    clip = make_clip(
+        tmp_path / "c.mp4", frames=30, size=(96, 64), audio=True, container_options={"movflags": "faststart"}
+    )
+    cut = truncate(clip, tmp_path / "cut.mp4", 0.5)
+    out = tmp_path / "b.mp4"
+    result = streamer("run", "--source", cut, "--sink", out, *lite)
+    assert result.returncode == 3, result.stderr
+    (warning,) = warnings_of(result)
+    made = len(read_video(out)[0])
+    assert 0 < made < 30
+    match = re.search(
+        r"cut\.mp4 is truncated: it ends at ([\d.]+) s of its 1\.20 s \((\d+) of 30 frames missing\)", warning
+    )
+    assert match, warning
+    assert float(match[1]) == pytest.approx(made / 25, abs=0.01) and int(match[2]) == 30 - made
+
+
+def test_damaged_frames_are_skipped_counted_and_the_rest_kept(tmp_path, lite):
+    clip = make_clip(
+        tmp_path / "png.mov", frames=12, size=(64, 48), codec="png", pix_fmt="rgb24", audio=False
+    )
+    damage_png_frames(clip, [3, 4, 9])
+    out = tmp_path / "out.mkv"
+    result = streamer("run", "--source", clip, "--sink", out, "--mode", "matte", *lite)
+    assert result.returncode == 3, result.stderr
+    (warning,) = warnings_of(result)
+    assert "png.mov is damaged: 3 of 12 frames could not be decoded and were skipped" in warning
+    assert len(read_video(out)[0]) == 9
+
+
+def test_image_folder_with_a_bad_file_skips_it_and_keeps_the_rest(tmp_path, lite):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(5):
+        Image.fromarray(pattern(i, (64, 48))).save(frames / f"f{i}.png")
+    (frames / "f0.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")  # even the first one may be bad
+    (frames / "f3.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = streamer("run", "--source", frames, "--sink", f"{out}/", "--mode", "matte", *lite)
+    assert result.returncode == 3, result.stderr
+    (warning,) = warnings_of(result)
+    assert "2 of 5 images in" in warning and "(f0.png, f3.png)" in warning
+    assert len(list(out.glob("*.png"))) == 3
 
 
 def test_presets_load(tmp_path, clip, lite):

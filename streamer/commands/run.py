@@ -14,7 +14,7 @@ import sys
 
 from streamer.commands import options
 from streamer.config import OutputParams, load_config
-from streamer.errors import ConfigError
+from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError
 from streamer.pipeline.runner import Pipeline
 from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
 from streamer.signals import exit_status, install_stop_handlers
@@ -136,8 +136,13 @@ async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
             controls.stop(loop)
         remove_handlers()
     print(stats.summary(), file=sys.stderr)
+    damage = getattr(job.source, "damage", None)
+    if damage:
+        print(f"streamer: warning: {damage.summary()}", file=sys.stderr)
     # Stopped by a signal: the shell's status for it (130 Ctrl-C, 143 SIGTERM), outputs complete.
-    return exit_status(interrupts[0]) if interrupts else 0
+    if interrupts:
+        return exit_status(interrupts[0])
+    return EXIT_DAMAGED_INPUT if damage else 0
 
 
 def _controls_wanted(args: argparse.Namespace, live: bool) -> bool:
