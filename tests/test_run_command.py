@@ -369,3 +369,43 @@ def test_sigkill_leaves_playable_partials_and_the_rerun_keeps_them(tmp_path, lit
         diff = np.abs(np.stack(frames).astype(int) - np.stack(complete[: len(frames)]).astype(int))
         assert diff.mean() < 2, diff.mean()
     assert not list(tmp_path.glob("*.partial.*"))
+
+
+def test_no_mode_gives_alpha_outputs_rgba_and_the_others_the_colour_composite(tmp_path, clip, lite):
+    mkv, mp4, ref = tmp_path / "out.mkv", tmp_path / "out.mp4", tmp_path / "ref.mp4"
+    result = streamer("run", "--source", clip, "--sink", mkv, "--sink", mp4, *lite)
+    assert result.returncode == 0, result.stderr
+    assert "cannot hold alpha" not in result.stderr  # the composite is what was asked for, not a fallback
+    reference = streamer("run", "--source", clip, "--sink", ref, "--mode", "color", *lite)
+    assert reference.returncode == 0, reference.stderr
+    rgba = np.stack(read_video(mkv, format="rgba")[0])
+    assert np.ptp(rgba[..., 3]) > 10  # a real matte in the alpha channel
+    got, want = (np.stack(read_video(p)[0]).astype(int) for p in (mp4, ref))
+    assert np.abs(got - want).mean() < 2  # the .mp4 is the green-screen composite, as with --mode color
+
+
+@pytest.mark.parametrize(
+    ("sinks", "extra", "mode"),
+    [
+        (["out.mp4"], [], "color"),
+        (["out.webm"], [], "rgba"),
+        (["frames/%05d.png", "vcam"], [], "rgba"),
+        (["out.mov"], ["--mode", "blur"], "blur"),
+        (["out.mov"], ["--set", "composite.mode=matte"], "matte"),
+        (["out.mov"], ["--config", "green-screen"], "color"),
+    ],
+)
+def test_default_mode_follows_the_outputs(sinks, extra, mode):
+    from streamer.cli import build_parser
+    from streamer.commands import options
+    from streamer.commands.run import RUN_OPTIONS
+    from streamer.config import load_config
+    from streamer.job import with_default_mode
+
+    args = build_parser().parse_args(["run", "--source", "x.mp4", *(f"--sink={s}" for s in sinks), *extra])
+    overrides = options.overrides_from_args(args, options.MODEL_OPTIONS, options.LOOK_OPTIONS, RUN_OPTIONS)
+    config, flatten = with_default_mode(load_config(args.config, overrides), args)
+    assert config.composite.mode == mode
+    assert flatten == (config.composite.color if mode == "rgba" and not extra else None)
+    if flatten:
+        assert config.vcam.flatten_color == flatten

@@ -64,6 +64,9 @@ class FileSinkParams:
     """x264 speed/size trade-off."""
     audio: bool = True
     """Carry the source's audio over."""
+    flatten_color: tuple[int, int, int] | None = None
+    """Where RGBA frames meet a format without alpha: laid over this colour (the colour composite);
+    None lays them over black with a warning (alpha asked for, but this format cannot keep it)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 63:
@@ -140,9 +143,11 @@ def codec_options(fmt: VideoFormat, channels: int, params: FileSinkParams) -> di
     return options
 
 
-def flatten_over_black(rgba: np.ndarray) -> np.ndarray:
+def flatten(rgba: np.ndarray, color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """RGBA laid over a solid colour (straight alpha), rounded to the nearest value."""
     alpha = rgba[:, :, 3:].astype(np.uint16)
-    return ((rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    under = np.array(color, np.uint16) * (255 - alpha)
+    return ((rgba[:, :, :3].astype(np.uint16) * alpha + under + 127) // 255).astype(np.uint8)
 
 
 class VideoFileSink:
@@ -202,7 +207,7 @@ class VideoFileSink:
         height, width, channels = array.shape
         if self.format.even:
             width, height = width - width % 2, height - height % 2
-        if channels == 4 and not self.format.alpha:
+        if channels == 4 and not self.format.alpha and self.params.flatten_color is None:
             log.warning(
                 "%s cannot hold alpha: compositing over black (use .mov, .webm or .mkv to keep it)", self.path
             )
@@ -284,7 +289,7 @@ class VideoFileSink:
                 f"{self.path}: frames changed from {self._channels} to {array.shape[2]} channels"
             )
         if self._channels == 4 and not self.format.alpha:
-            array = flatten_over_black(array)
+            array = flatten(array, self.params.flatten_color or (0, 0, 0))
         ctx = self._stream.codec_context
         array = np.ascontiguousarray(array[: ctx.height, : ctx.width])
         image = av.VideoFrame.from_ndarray(
