@@ -38,13 +38,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_options(parser: argparse.ArgumentParser, title: str = "model") -> None:
+def add_model_options(
+    parser: argparse.ArgumentParser, title: str = "model", default_size: str = "1024x1024"
+) -> None:
     group = parser.add_argument_group(title)
     group.add_argument(
         "--variant", choices=("portrait", "lite", "general"), help="network (default portrait)"
     )
     group.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
-    group.add_argument("--size", help="network input size HxW, multiples of 32 (default 1024x1024)")
+    group.add_argument("--size", help=f"network input size HxW, multiples of 32 (default {default_size})")
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
 
