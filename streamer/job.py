@@ -40,7 +40,7 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
         if getattr(args, "preview", False):
             from streamer.sinks.preview import PreviewSink
 
-            sinks.append(PreviewSink(port=args.preview_port))
+            sinks.append(PreviewSink(port=args.preview_port, background=flatten or (0, 0, 0)))
             print(f"streamer: preview at {sinks[-1].url}", file=sys.stderr)
         engine, smoother, compositor = build_processing(config)
     except BaseException:
