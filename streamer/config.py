@@ -27,7 +27,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "vcam": ("streamer.sinks.vcam", "VcamParams"),
 }
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"
+"""Presets shipped inside the package (package data), so `--config NAME` works from a wheel."""
 
 _COLOURS = {
     "green": (0, 255, 0),
@@ -153,7 +154,7 @@ def build_params(cls: type, values: Mapping[str, Any], section: str) -> Any:
 
 
 def resolve_config_path(name: str) -> Path:
-    """A path, or the name of a preset in configs/ (with or without .yaml)."""
+    """A path, or the name of a preset in streamer/presets/ (with or without .yaml)."""
     path = Path(name)
     if path.is_file():
         return path
@@ -162,6 +163,21 @@ def resolve_config_path(name: str) -> Path:
             return candidate
     presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none installed"
     raise ConfigError(f"config not found: {name} (give a YAML path or a preset: {presets})")
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description: the first sentence of the file's header comment."""
+    presets = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        lines = []
+        for line in path.read_text().splitlines():
+            # The header ends at the first non-comment line or an indented usage example.
+            if not line.startswith("#") or line.startswith("#  "):
+                break
+            lines.append(line.lstrip("#").strip())
+        text = " ".join(lines)
+        presets[path.stem] = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+    return presets
 
 
 def load_yaml(path: Path) -> dict[str, dict[str, Any]]:

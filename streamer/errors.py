@@ -5,6 +5,9 @@ Its message is one line that names the problem and the fix; the CLI prints it wi
 traceback and exits non-zero. Anything else that escapes is a bug and keeps its traceback.
 """
 
+EXIT_DAMAGED_INPUT = 3
+"""Exit status of a job that finished, but whose input was damaged or truncated (one warning line)."""
+
 
 class StreamerError(Exception):
     """A problem the user can fix; `str(err)` is one line naming the problem and the fix."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 from typing import Any
 
 from streamer.config import JobConfig, update_params
@@ -31,14 +32,15 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
 
     source = open_source(args.source, live=args.live, fps=args.fps, width=args.width, height=args.height)
     live = source.info.live if args.live is None else args.live
+    config, flatten = with_default_mode(config, args)
     sinks: list = []
     try:
         for spec in args.sink:
-            sinks.append(open_output(spec, source.info, config))
+            sinks.append(open_output(spec, source.info, config, flatten))
         if getattr(args, "preview", False):
             from streamer.sinks.preview import PreviewSink
 
-            sinks.append(PreviewSink(port=args.preview_port))
+            sinks.append(PreviewSink(port=args.preview_port, background=flatten or (0, 0, 0)))
             print(f"streamer: preview at {sinks[-1].url}", file=sys.stderr)
         engine, smoother, compositor = build_processing(config)
     except BaseException:
@@ -50,7 +52,49 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
     return Job(source, sinks, engine, smoother, compositor, live, batch)
 
 
-def open_output(spec: str, info, config: JobConfig):
+def carries_alpha(spec: str) -> bool:
+    """Whether the output named by `spec` keeps transparency (.mov, .webm, .mkv, PNG; not .mp4 or vcam)."""
+    from pathlib import Path
+
+    from streamer.sinks.png_sequence import is_png_sequence
+    from streamer.sinks.video_file import FORMATS
+
+    if is_png_sequence(spec):
+        return True
+    fmt = FORMATS.get(Path(spec).suffix.lower())
+    return fmt is not None and fmt.alpha
+
+
+def mode_given(args: argparse.Namespace) -> bool:
+    """Whether --mode, --set composite.mode=... or the --config file chose a compositing mode."""
+    from streamer.config import load_yaml, parse_assignment, resolve_config_path
+
+    if getattr(args, "mode", None) is not None:
+        return True
+    if any(parse_assignment(text)[:2] == ("composite", "mode") for text in getattr(args, "set", [])):
+        return True
+    config = getattr(args, "config", None)
+    return bool(config) and "mode" in load_yaml(resolve_config_path(config)).get("composite", {})
+
+
+def with_default_mode(config: JobConfig, args: argparse.Namespace) -> tuple[JobConfig, tuple | None]:
+    """No mode chosen: RGBA when an output keeps alpha; the others show the colour composite.
+
+    The outputs without alpha (.mp4, the virtual camera) then lay the RGBA frames over the
+    colour themselves (the returned colour; None when nothing changed), which gives the
+    colour composite. With a mode chosen, nothing changes.
+    """
+    if mode_given(args) or not any(carries_alpha(spec) for spec in args.sink):
+        return config, None
+    color = config.composite.color
+    composite = dataclasses.replace(config.composite, mode="rgba")
+    vcam = dataclasses.replace(config.vcam, flatten_color=color)
+    return dataclasses.replace(
+        config, sections={**config.sections, "composite": composite, "vcam": vcam}
+    ), color
+
+
+def open_output(spec: str, info, config: JobConfig, flatten: tuple | None = None):
     if spec == "vcam":
         from streamer.sinks.vcam import open_vcam
 
@@ -60,7 +104,16 @@ def open_output(spec: str, info, config: JobConfig):
         )
     from streamer.sinks.open import open_sink
 
-    return open_sink(spec, info=info, overwrite=config.output.overwrite, crf=config.output.crf)
+    background = config.composite.background
+    return open_sink(
+        spec,
+        info=info,
+        overwrite=config.output.overwrite,
+        crf=config.output.crf,
+        inputs=[background] if background else (),
+        # RGBA chosen by default for other outputs: this one, without alpha, shows the colour composite.
+        **({"flatten_color": flatten} if flatten else {}),
+    )
 
 
 def build_processing(config: JobConfig):
@@ -138,16 +191,32 @@ class Controls:
 
     def start(self, loop) -> None:
         print("live controls: type 'help' for commands", file=self.out)
-        loop.add_reader(sys.stdin.fileno(), self._on_input, loop)
+        try:
+            loop.add_reader(sys.stdin.fileno(), self._on_input, loop)
+        except NotImplementedError:
+            # Windows' event loop cannot watch stdin: a daemon thread reads it instead and hands
+            # each line to the loop (it ends with the process).
+            threading.Thread(
+                target=self._read_lines, args=(loop,), name="streamer-controls", daemon=True
+            ).start()
+            self._threaded = True
 
     def stop(self, loop) -> None:
-        loop.remove_reader(sys.stdin.fileno())
+        if not getattr(self, "_threaded", False):
+            loop.remove_reader(sys.stdin.fileno())
+
+    def _read_lines(self, loop) -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(self._reply, line)
+
+    def _reply(self, line: str) -> None:
+        reply = self.apply(line)
+        if reply:
+            print(f"streamer: {reply}", file=self.out)
 
     def _on_input(self, loop) -> None:
         line = sys.stdin.readline()
         if not line:  # end of input: stop listening instead of spinning on EOF
             self.stop(loop)
         else:
-            reply = self.apply(line)
-            if reply:
-                print(f"streamer: {reply}", file=self.out)
+            self._reply(line)

@@ -65,6 +65,7 @@ def make_clip(
     audio_codec: str | None = None,
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a clip of `frames` frames (`size` is width, height) and a sine tone as long as the video.
 
@@ -76,7 +77,7 @@ def make_clip(
     time_base = Fraction(1, fps * 4) if vfr else Fraction(1, fps)
     pts = vfr_pts(frames, fps) if vfr else list(range(frames))
     duration = float((pts[-1] + (time_base.denominator // fps if vfr else 1)) * time_base) if frames else 0.0
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", container_options=container_options or {}) as out:
         video = out.add_stream(codec, rate=fps)
         video.width, video.height = size
         video.pix_fmt = pix_fmt
@@ -171,6 +172,20 @@ def truncate(src: str | Path, dst: str | Path, fraction: float) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
     return Path(dst)
+
+
+def damage_png_frames(path: str | Path, indices: list[int]) -> Path:
+    """Break the PNG signature of the given frames of a PNG-in-MOV clip: they no longer decode."""
+    data = bytearray(Path(path).read_bytes())
+    signature = b"\x89PNG\r\n\x1a\n"
+    starts, at = [], data.find(signature)
+    while at >= 0:
+        starts.append(at)
+        at = data.find(signature, at + 1)
+    for i in indices:
+        data[starts[i] : starts[i] + len(signature)] = bytes(len(signature))
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
 
 
 def square_position(image: np.ndarray) -> int:

@@ -112,3 +112,34 @@ def test_missing_preset_lists_the_presets():
 def test_every_preset_is_valid(preset):
     config = load_config(preset)
     assert config.model.size[0] % 32 == 0
+
+
+def test_presets_command_lists_every_preset_with_its_description(capsys):
+    from streamer.cli import main
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert all(len(line.split(maxsplit=1)) == 2 and "\n" not in line for line in lines)
+
+
+def test_serve_help_states_the_size_it_uses(tmp_path, capsys):
+    from streamer.cli import build_parser
+    from streamer.commands.serve import LIVE_SIZE, config_from_args
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default 512x512)" in help_text and "1024" not in help_text
+    assert LIVE_SIZE == (512, 512)
+
+    look_only = tmp_path / "look.yaml"
+    look_only.write_text("composite:\n  mode: blur\n")
+
+    def size(*argv):
+        return config_from_args(build_parser().parse_args(["serve", *argv])).model.size
+
+    assert size() == LIVE_SIZE
+    assert size("--config", str(look_only)) == LIVE_SIZE  # a config that leaves the size alone
+    assert size("--config", "live-cpu") == (256, 256)  # ... or sets it
+    assert size("--set", "model.size=384") == (384, 384)

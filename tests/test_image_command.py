@@ -65,15 +65,23 @@ def test_mask_is_the_engine_alpha(cli, shots, tmp_path, recipe_weights):
     assert np.abs(mask - alpha).max() <= 1 / 255 + 1e-6
 
 
-def test_corrupt_input_is_reported_and_others_processed(cli, shots, tmp_path, capsys):
+def test_corrupt_input_is_skipped_counted_and_the_rest_kept(cli, shots, tmp_path, capsys):
     (shots / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
-    assert cli(shots, "-o", out, "--format", "mask") == 1
+    assert cli(shots, "-o", out, "--format", "mask") == 3  # finished, but the input was damaged
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "broken.png" in line]
-    assert len(lines) == 1 and "cannot read image" in lines[0] and "skipped" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("streamer: warning: 1 of 3 images"), err
+    assert "skipped" in lines[0]
+    assert f"streamer: wrote 2 grey matte PNGs to {out}" in err
     assert "Traceback" not in err
+
+
+def test_reports_what_it_wrote(cli, shots, tmp_path, capsys):
+    assert cli(shots / "a.png", "-o", tmp_path / "a-cut.png") == 0
+    assert capsys.readouterr().err.strip() == f"streamer: wrote {tmp_path / 'a-cut.png'} (RGBA cut-out PNG)"
+    assert not list(tmp_path.glob("*.partial.*"))
 
 
 def test_missing_input_is_one_line(cli, tmp_path, capsys):

@@ -83,3 +83,15 @@ def test_close_ends_open_streams():
     sink.close()
     sink.close()  # idempotent
     assert reply.read() is not None  # the stream ends instead of hanging
+
+
+def test_transparency_shows_the_given_background():
+    import numpy as np
+
+    from streamer.sinks.preview import to_bgr
+
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 255, 255, 255)  # opaque white; the rest fully transparent
+    bgr = to_bgr(rgba, (0, 255, 0))
+    assert bgr[0, 0].tolist() == [255, 255, 255] and bgr[1, 1].tolist() == [0, 255, 0]
+    assert to_bgr(rgba)[1, 1].tolist() == [0, 0, 0]

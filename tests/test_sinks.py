@@ -290,3 +290,46 @@ def test_params_validate_and_options_pass_through(vfr_clip, tmp_path):
         FileSinkParams(preset="fastest")
     sink = open_sink(tmp_path / "q.mp4", info=open_source(str(vfr_clip)).info, crf=30, preset="ultrafast")
     assert sink.params == FileSinkParams(crf=30, preset="ultrafast")
+
+
+def test_output_is_written_under_a_partial_name_and_renamed_when_complete(vfr_clip, tmp_path):
+    out = tmp_path / "a.mp4"
+    source = open_source(str(vfr_clip))
+    sink = open_sink(out, info=source.info)
+    for frame in source.frames():
+        frame.output = frame.image
+        sink.write(frame)
+        assert not out.exists() and (tmp_path / "a.partial.mp4").exists()
+    sink.close()
+    assert out.exists() and not (tmp_path / "a.partial.mp4").exists()
+    assert len(read_video(out)[0]) == 30
+
+
+def test_a_killed_runs_partial_is_kept_aside_and_a_live_one_is_refused(vfr_clip, tmp_path):
+    import fcntl
+
+    info = open_source(str(vfr_clip)).info
+    leftover = tmp_path / "b.partial.mkv"
+    leftover.write_bytes(b"frames of a killed run")
+    (tmp_path / "b.interrupted.mkv").write_bytes(b"an older one")
+    transcode(vfr_clip, tmp_path / "b.mkv")
+    assert (tmp_path / "b.interrupted-2.mkv").read_bytes() == b"frames of a killed run"
+    assert (tmp_path / "b.interrupted.mkv").read_bytes() == b"an older one"
+    assert len(read_video(tmp_path / "b.mkv")[0]) == 30
+
+    # A partial locked by a running job is that job's: refused, nothing moved.
+    leftover.write_bytes(b"being written")
+    with open(leftover, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(MediaError) as err:
+            open_sink(tmp_path / "b.mkv", info=info, overwrite=True)
+    assert "being written by another streamer job" in one_line_error(err)
+    assert leftover.read_bytes() == b"being written"
+
+
+def test_png_sequence_removes_half_written_images_of_a_killed_run(vfr_clip, tmp_path):
+    (tmp_path / "f_00003.png.partial").write_bytes(b"half an image")
+    (tmp_path / "notes.partial").write_bytes(b"not ours")
+    sink = transcode(vfr_clip, f"{tmp_path}/f_%05d.png", stop_after=2)
+    assert sink.frames_written == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f_00000.png", "f_00001.png", "notes.partial"]

@@ -95,9 +95,12 @@ def test_rotation_metadata_turns_the_picture_upright(clips):
 
 def test_truncated_file_yields_what_decodes(clips, tmp_path):
     damaged = truncate(clips["mkv"], tmp_path / "cut.mkv", 0.6)
-    frames = list(open_source(str(damaged)).frames())
+    source = open_source(str(damaged))
+    frames = list(source.frames())
     assert 0 < len(frames) < 40
     assert [f.index for f in frames] == list(range(len(frames)))
+    expected, decoded = source.damage.truncated  # Matroska: the track's DURATION tag
+    assert decoded == pytest.approx(len(frames) / 25) and expected > decoded
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.02])
@@ -186,13 +189,24 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.abs(image.astype(int) - np.rot90(stored, -1)).mean() < 6
 
 
-def test_unreadable_image_names_the_file(tmp_path):
+def test_unreadable_image_is_skipped_and_named(tmp_path):
     folder = write_images(tmp_path / "bad", [(32, 24)] * 2)
     (folder / "shot3.png").write_bytes(b"\x89PNG broken")
     source = open_source(str(folder))
+    frames = list(source.frames())
+    assert [f.pts for f in frames] == [0, 1]  # the skipped image's time slot stays empty
+    assert source.damage.files_lost == ["shot3.png"]
+    assert "1 of 3 images" in source.damage.summary() and "shot3.png" in source.damage.summary()
+
+
+def test_folder_of_only_unreadable_images_is_one_line_error(tmp_path):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
     with pytest.raises(MediaError) as excinfo:
-        list(source.frames())
-    assert "shot3.png" in one_line_error(excinfo)
+        open_source(str(folder))
+    assert "none of the 2 images" in one_line_error(excinfo)
 
 
 def test_empty_folder_and_bad_fps_are_errors(tmp_path):

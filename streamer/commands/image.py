@@ -1,13 +1,15 @@
 """`streamer image INPUT... -o OUT`: mattes, cut-outs or composites of still images.
 
-A bad image is reported in one line and skipped; the others are still processed and the exit
-status is 1 if any failed. Existing outputs are only replaced with --overwrite.
+An image that cannot be read is skipped; the others are still processed, and the run ends with
+one warning line naming the skipped files and exit status 3. Existing outputs are only replaced
+with --overwrite; each is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +18,9 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from streamer.errors import ConfigError, MediaError
+from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
+from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
+from streamer.sources.base import InputDamage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FORMATS = {"mask": "matte", "cutout": "rgba", "composite": "color"}
@@ -100,7 +104,12 @@ def write_image(picture: torch.Tensor, path: Path) -> None:
     array = picture.numpy()
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    partial = partial_path(path)
+    try:
+        image.save(partial, format=Image.registered_extensions()[path.suffix.lower()])
+        os.replace(partial, path)  # a reader never sees half an image
+    finally:
+        remove_quietly(partial)
 
 
 def build(args: argparse.Namespace):
@@ -127,20 +136,20 @@ def build(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     targets = plan_outputs(paths, args.output, args.format)
+    refuse_input_as_output(targets, paths)
     existing = [t for t in targets if t.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise ConfigError(f"output exists: {existing[0]}{more} (pass --overwrite to replace)")
     engine, compositor = build(args)
-    failed = 0
+    damage = InputDamage(" ".join(args.inputs), files_expected=len(paths))
+    written: list[Path] = []
     bar = tqdm(list(zip(paths, targets, strict=True)), unit="image", disable=len(paths) < 2 or None)
     for path, target in bar:
         try:
             image = read_image(path)
-        except (OSError, ValueError) as err:
-            failed += 1
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            bar.write(f"streamer: error: cannot read image {path}: {reason} (skipped)", file=sys.stderr)
+        except (OSError, ValueError):
+            damage.files_lost.append(str(path))
             continue
         picture = compositor(image, engine.predict(image), 0.0)
         try:
@@ -149,6 +158,23 @@ def run(args: argparse.Namespace) -> int:
             raise MediaError(
                 f"cannot write {target}: {err.strerror or err} (check the output folder)"
             ) from err
-    if failed:
-        print(f"streamer: {failed} of {len(paths)} images failed", file=sys.stderr)
-    return 1 if failed else 0
+        written.append(target)
+    bar.close()
+    print(f"streamer: {describe_written(written, args.format)}", file=sys.stderr)
+    if damage:
+        print(f"streamer: warning: {damage.summary()}", file=sys.stderr)
+        return EXIT_DAMAGED_INPUT
+    return 0
+
+
+KINDS = {"mask": "grey matte PNG", "cutout": "RGBA cut-out PNG", "composite": "composite PNG"}
+
+
+def describe_written(written: list[Path], fmt: str) -> str:
+    """'wrote 3 RGBA cut-out PNGs to out/' or 'wrote out/a.png (grey matte PNG)'."""
+    kind = KINDS[fmt] if written[-1:] and written[-1].suffix.lower() == ".png" else KINDS[fmt][:-4]
+    if len(written) == 1:
+        return f"wrote {written[0]} ({kind})"
+    folders = sorted({str(p.parent) for p in written})
+    where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
+    return f"wrote {len(written)} {kind}s to {where}" if written else "wrote nothing"

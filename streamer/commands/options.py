@@ -30,19 +30,23 @@ LOOK_OPTIONS = {
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file or preset name from configs/ (options override it)")
+    parser.add_argument(
+        "--config", help="YAML file or preset name (see `streamer presets`; options override it)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config value"
     )
 
 
-def add_model_options(parser: argparse.ArgumentParser, title: str = "model") -> None:
+def add_model_options(
+    parser: argparse.ArgumentParser, title: str = "model", default_size: str = "1024x1024"
+) -> None:
     group = parser.add_argument_group(title)
     group.add_argument(
         "--variant", choices=("portrait", "lite", "general"), help="network (default portrait)"
     )
     group.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
-    group.add_argument("--size", help="network input size HxW, multiples of 32 (default 1024x1024)")
+    group.add_argument("--size", help=f"network input size HxW, multiples of 32 (default {default_size})")
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
 

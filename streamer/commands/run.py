@@ -14,9 +14,10 @@ import sys
 
 from streamer.commands import options
 from streamer.config import OutputParams, load_config
-from streamer.errors import ConfigError
+from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError
 from streamer.pipeline.runner import Pipeline
 from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
+from streamer.signals import exit_status, install_stop_handlers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -106,12 +107,11 @@ async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
     pipeline.on_frame = progress.update
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    interrupts = 0
+    interrupts: list[int] = []
 
     def on_signal(signum: int) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
+        interrupts.append(signum)
+        if len(interrupts) == 1:
             print(
                 f"\nstreamer: {signal.Signals(signum).name}: finishing the frames in flight "
                 "(press Ctrl-C again to stop at once)",
@@ -121,8 +121,7 @@ async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
         elif task is not None:
             task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    remove_handlers = install_stop_handlers(loop, on_signal)
     controls = Controls(job) if _controls_wanted(args, job.live) else None
     if controls is not None:
         controls.start(loop)
@@ -130,15 +129,20 @@ async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
         stats = await pipeline.run()
     except asyncio.CancelledError:
         print("streamer: stopped; outputs were closed with the frames written so far", file=sys.stderr)
-        return 130
+        return exit_status(interrupts[0] if interrupts else signal.SIGINT)
     finally:
         progress.close()
         if controls is not None:
             controls.stop(loop)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        remove_handlers()
     print(stats.summary(), file=sys.stderr)
-    return 130 if interrupts else 0
+    damage = getattr(job.source, "damage", None)
+    if damage:
+        print(f"streamer: warning: {damage.summary()}", file=sys.stderr)
+    # Stopped by a signal: the shell's status for it (130 Ctrl-C, 143 SIGTERM), outputs complete.
+    if interrupts:
+        return exit_status(interrupts[0])
+    return EXIT_DAMAGED_INPUT if damage else 0
 
 
 def _controls_wanted(args: argparse.Namespace, live: bool) -> bool:

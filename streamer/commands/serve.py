@@ -32,7 +32,9 @@ def register(subparsers) -> None:
         "--source", help="preview this server-side input (FILE, webcam:N, image folder) instead of the camera"
     )
     options.add_config_options(parser)
-    options.add_model_options(parser, "model (shared by every peer; default size 512x512 here)")
+    options.add_model_options(
+        parser, "model (shared by every peer)", default_size="x".join(map(str, LIVE_SIZE))
+    )
     options.add_look_options(parser, "starting look (each page can change its own)")
     parser.set_defaults(handler=run)
 
@@ -42,9 +44,18 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = options.overrides_from_args(args, options.MODEL_OPTIONS, options.LOOK_OPTIONS)
     config = load_config(args.config, overrides)
-    if not args.config and overrides["model"]["size"] is None:
+    if not size_given(args, overrides):
         config.sections["model"] = dataclasses.replace(config.model, size=LIVE_SIZE)
     return config
+
+
+def size_given(args: argparse.Namespace, overrides: dict) -> bool:
+    """--size, --set model.size=... or a --config file that sets model.size."""
+    from streamer.config import load_yaml, resolve_config_path
+
+    if overrides["model"].get("size") is not None:
+        return True
+    return bool(args.config) and "size" in load_yaml(resolve_config_path(args.config)).get("model", {})
 
 
 def run(args: argparse.Namespace) -> int:

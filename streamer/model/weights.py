@@ -8,6 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import sys
+import threading
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -21,6 +26,8 @@ FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 PREFIXES = ("module.", "_orig_mod.")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TRUE = {"1", "true", "yes", "on"}
+CONNECT_TIMEOUT_S = 3.0
+"""How long the Hub may take to accept a connection before we call it unreachable."""
 
 
 def hub_cache_dir() -> Path:
@@ -29,6 +36,13 @@ def hub_cache_dir() -> Path:
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
     return Path(home).expanduser() / "hub"
+
+
+def hub_endpoint() -> str:
+    """The Hub's address (HF_ENDPOINT, read now like the cache; passed on to huggingface_hub)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or constants.ENDPOINT
 
 
 def hub_offline() -> bool:
@@ -49,19 +63,66 @@ def fetch_from_hub(repo_id: str) -> Path:
             f"weights of {repo_id} are not in the Hugging Face cache {cache} and HF_HUB_OFFLINE is set "
             f"(download them once online, or pass --weights PATH to a local .safetensors/.pth file)"
         ) from cached_error
+    endpoint = hub_endpoint()
+    fix = (
+        f"it is not in the Hugging Face cache {cache}: connect once, or pass --weights PATH to a local "
+        ".safetensors/.pth file (and set HF_HUB_OFFLINE=1 to never try the network)"
+    )
+    # One quick look before huggingface_hub's retries, which take ~30 s to give up when offline.
+    problem = unreachable(endpoint)
+    if problem:
+        raise WeightsError(f"cannot reach {endpoint} to download the weights of {repo_id} ({problem}); {fix}")
+    print(
+        f"streamer: fetching the weights of {repo_id} ({FILENAME}) from {endpoint} into {cache} "
+        "(once; later runs use the cache)",
+        file=sys.stderr,
+        flush=True,
+    )
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     # Its per-retry warnings would print twice (its handler and ours); our one line says it all.
+    # Its progress bar still shows in a terminal (it follows the logger's level, not NOTSET).
     hub_log.setLevel(logging.ERROR)
     try:
-        return Path(hf_hub_download(repo_id, FILENAME, cache_dir=cache))
+        return Path(
+            hf_hub_download(
+                repo_id, FILENAME, cache_dir=cache, endpoint=endpoint, etag_timeout=CONNECT_TIMEOUT_S
+            )
+        )
     except Exception as err:
         raise WeightsError(
-            f"cannot download {FILENAME} of {repo_id} ({type(err).__name__}: no connection to the Hub?) and "
-            f"it is not in the Hugging Face cache {cache}; connect once, or pass --weights PATH to a local file"
+            f"cannot download {FILENAME} of {repo_id} from {endpoint} ({type(err).__name__}); {fix}"
         ) from err
     finally:
         hub_log.setLevel(level)
+
+
+def unreachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why `url`'s server (or the proxy for it) cannot be reached within `timeout` s; None when it can.
+
+    Name lookup and connect run in a daemon thread, so a resolver that hangs cannot hold the
+    user longer than `timeout` either.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname or "", proxied.port or 80
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{host}:{port}: {err.strerror or err}")
+
+    thread = threading.Thread(target=attempt, name="streamer-hub-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"{host}:{port}: no answer within {timeout:g} s"
 
 
 def resolve_weights(weights: str | os.PathLike | None, variant: str) -> Path:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 
 import av
+import av.bitstream
 
 from streamer.errors import MediaError
 
@@ -36,8 +37,13 @@ class AudioCarrier:
         self._out = out
         codec = self._in_stream.codec_context.name
         self.copy = codec in out.supported_codecs
+        self._bsf = None
         if self.copy:
             self._out_stream = out.add_stream_from_template(self._in_stream)
+            if codec == "aac" and out.format.name.startswith(("mov", "mp4")):
+                # ADTS AAC (MPEG-TS) needs its headers moved into the stream's config; the muxer
+                # only does this itself when not writing fragments, so do it here. Raw AAC passes.
+                self._bsf = av.bitstream.BitStreamFilterContext("aac_adtstoasc", self._in_stream)
         else:
             target = TRANSCODE_TO.get(out.format.name.split(",")[0], out.default_audio_codec)
             rate = self._in_stream.codec_context.sample_rate
@@ -76,8 +82,9 @@ class AudioCarrier:
 
     def _mux(self, packet: av.Packet) -> None:
         if self.copy:
-            packet.stream = self._out_stream
-            self._out.mux(packet)
+            for out_packet in self._bsf.filter(packet) if self._bsf is not None else [packet]:
+                out_packet.stream = self._out_stream
+                self._out.mux(out_packet)
             return
         for frame in packet.decode():
             self._out.mux(self._out_stream.encode(frame))

@@ -7,11 +7,13 @@ out/frame_%05d.png or out/   numbered PNGs (RGBA when the frames have alpha)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from streamer.errors import MediaError
 from streamer.sinks.base import Sink
-from streamer.sinks.png_sequence import PngSequenceSink, is_png_sequence
+from streamer.sinks.paths import refuse_input_as_output
+from streamer.sinks.png_sequence import PngSequenceSink, existing_frames, is_png_sequence, pattern_of
 from streamer.sinks.video_file import FORMATS, FileSinkParams, VideoFileSink
 from streamer.sources.base import SourceInfo
 
@@ -24,15 +26,20 @@ def open_sink(
     info: SourceInfo,
     overwrite: bool = False,
     params: FileSinkParams | None = None,
+    inputs: Iterable[str] = (),
     **options,
 ) -> Sink:
-    """Check the output (format, existing file, writable folder) and return its sink.
+    """Check the output (format, not an input, existing file, writable folder) and return its sink.
 
-    `options` are FileSinkParams fields (crf, preset, audio) when `params` is not given.
+    The source's files (`info.files`) and any other `inputs` (a background video) are never
+    overwritten. `options` are FileSinkParams fields (crf, preset, audio) when `params` is not given.
     """
     spec = str(path)
+    inputs = [*info.files, *inputs]
     if is_png_sequence(spec):
+        refuse_input_as_output(existing_frames(pattern_of(spec)), inputs)
         return PngSequenceSink(spec, overwrite=overwrite)
+    refuse_input_as_output([spec], inputs)
     if Path(spec).suffix.lower() not in FORMATS:
         raise MediaError(f"unsupported output format: {spec} (use {SUPPORTED})")
     return VideoFileSink(spec, info=info, overwrite=overwrite, params=params or FileSinkParams(**options))

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from streamer.errors import MediaError
 from streamer.frame import Frame
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a concurrent job on one output is not detected
+    fcntl = None
 
 
 def ensure_writable_folder(folder: Path) -> None:
@@ -30,6 +37,75 @@ def check_output_file(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise MediaError(f"output exists: {path} (pass --overwrite to replace it)")
     ensure_writable_folder(path.parent)
+
+
+PARTIAL = ".partial"
+"""Infix of an output being written: `out.mp4` is written as `out.partial.mp4`, renamed when complete."""
+INTERRUPTED = ".interrupted"
+"""Infix under which a re-run keeps what a killed run left: `out.interrupted.mp4`."""
+
+
+def partial_path(path: Path) -> Path:
+    """Where `path` is written until it is complete (same folder, so the final rename is atomic)."""
+    return path.with_name(f"{path.stem}{PARTIAL}{path.suffix}")
+
+
+def keep_interrupted(path: Path) -> Path | None:
+    """Move a killed run's unfinished `path.partial` aside so it neither blocks nor is lost.
+
+    The leftover plays up to its last complete fragment, so it is the user's work: it becomes
+    `out.interrupted.mp4` (or `out.interrupted-2.mp4`, ...) and the new run starts afresh.
+    Returns the kept name, or None when there was no leftover. A partial that another running
+    job holds locked is that job's output: a one-line error, nothing touched.
+    """
+    partial = partial_path(path)
+    if not partial.exists():
+        return None
+    with open(partial, "rb") as held:
+        if not try_lock(held.fileno()):
+            raise MediaError(
+                f"{path} is being written by another streamer job ({partial} is in use; "
+                "wait for it or choose another output name)"
+            )
+        for n in itertools.count(1):
+            kept = path.with_name(f"{path.stem}{INTERRUPTED}{'' if n == 1 else f'-{n}'}{path.suffix}")
+            if not kept.exists():
+                os.replace(partial, kept)
+                return kept
+    return None
+
+
+def try_lock(fd: int) -> bool:
+    """An exclusive advisory lock on an open file, without waiting (always granted without fcntl)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both name one file: the same path after resolving links, or the same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
+def refuse_input_as_output(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """One line, before any work, when an output would overwrite an input (even with --overwrite)."""
+    inputs = list(inputs)
+    for output in outputs:
+        for source in inputs:
+            if same_file(output, source):
+                raise MediaError(
+                    f"output {output} is the input {source}: writing it would destroy the source "
+                    "(choose another output name)"
+                )
 
 
 def output_array(frame: Frame) -> np.ndarray:

@@ -3,7 +3,8 @@
 RGBA frames give RGBA PNGs, RGB give RGB and mattes give grayscale. Files are numbered
 from 0 in the order written (PNG has no timestamps; the pipeline never drops file frames).
 Each PNG is written under a temporary name and renamed, so an interrupted job never leaves
-a half-written image. With `overwrite`, images from an earlier run that match the pattern
+a half-written image (the half-written `.partial` files a killed job leaves are removed
+by the next run). With `overwrite`, images from an earlier run that match the pattern
 are removed first, so no stale frame lingers past the new end.
 """
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from streamer.errors import MediaError
 from streamer.frame import Frame
-from streamer.sinks.paths import ensure_writable_folder, output_array, remove_quietly
+from streamer.sinks.paths import PARTIAL, ensure_writable_folder, output_array, remove_quietly
 
 DEFAULT_PATTERN = "frame_%06d.png"
 PRINTF_INT = re.compile(r"%0?(\d*)d")
@@ -35,11 +36,11 @@ def pattern_of(path: str) -> str:
     return os.path.join(path, DEFAULT_PATTERN) if path.endswith(("/", os.sep)) else path
 
 
-def existing_frames(pattern: str) -> list[Path]:
-    """Files in the pattern's folder whose names the pattern could have produced."""
+def existing_frames(pattern: str, suffix: str = "") -> list[Path]:
+    """Files in the pattern's folder whose names the pattern could have produced (plus `suffix`)."""
     folder, name = os.path.split(pattern)
     head, tail = PRINTF_INT.split(name, maxsplit=1)[0::2]
-    regex = re.compile(re.escape(head) + r"\d+" + re.escape(tail) + "$")
+    regex = re.compile(re.escape(head) + r"\d+" + re.escape(tail + suffix) + "$")
     root = Path(folder or ".")
     return sorted(p for p in root.iterdir() if regex.match(p.name)) if root.is_dir() else []
 
@@ -54,7 +55,8 @@ class PngSequenceSink:
         if stale and not overwrite:
             raise MediaError(f"output exists: {stale[0]} (pass --overwrite to replace it)")
         ensure_writable_folder(self.folder)
-        for old in stale:
+        # Half-written images of a killed run are of no use to anyone: they go in any case.
+        for old in [*stale, *existing_frames(self.pattern, PARTIAL)]:
             remove_quietly(old)
         # zlib level 1: several times faster than the default 6 for a few % more bytes.
         self.compress_level = compress_level
@@ -65,7 +67,7 @@ class PngSequenceSink:
         array = output_array(frame)
         with self._lock:
             target = self.pattern % self.frames_written
-            partial = f"{target}.partial"
+            partial = f"{target}{PARTIAL}"
             image = Image.fromarray(
                 array[:, :, 0] if array.shape[2] == 1 else array, PIL_MODES[array.shape[2]]
             )

@@ -24,19 +24,29 @@ img{max-width:100vw;max-height:100vh}</style><img src="/stream" alt="streamer ou
 _BOUNDARY = "streamer-frame"
 
 
-def to_bgr(output: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, C) with C = 1, 3 (RGB) or 4 (RGBA) -> BGR for JPEG (transparency shown as black)."""
+def to_bgr(output: np.ndarray, background: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """uint8 (H, W, C) with C = 1, 3 (RGB) or 4 (RGBA) -> BGR for JPEG (transparency shows `background`)."""
     if output.shape[-1] == 1:
         return cv2.cvtColor(output, cv2.COLOR_GRAY2BGR)
     if output.shape[-1] == 4:
-        rgb = output[..., :3].astype(np.uint16) * output[..., 3:4] // 255
+        alpha = output[..., 3:4].astype(np.uint16)
+        under = np.array(background, np.uint16) * (255 - alpha)
+        rgb = (output[..., :3].astype(np.uint16) * alpha + under) // 255
         return cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR)
     return cv2.cvtColor(output, cv2.COLOR_RGB2BGR)
 
 
 class PreviewSink:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8090, quality: int = 80) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8090,
+        quality: int = 80,
+        background: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         self.quality = quality
+        self.background = background
+        """What transparent pixels show (the colour composite when RGBA was picked for other outputs)."""
         self._jpeg: bytes | None = None
         self._serial = 0
         self._closed = False
@@ -56,7 +66,7 @@ class PreviewSink:
 
     def write(self, frame: Frame) -> None:
         ok, data = cv2.imencode(
-            ".jpg", to_bgr(frame.output.numpy()), [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+            ".jpg", to_bgr(frame.output.numpy(), self.background), [cv2.IMWRITE_JPEG_QUALITY, self.quality]
         )
         if ok:
             with self._changed:

@@ -6,13 +6,20 @@ the source's, pts pass through unchanged (variable frame rate kept) and the muxe
 them to the container's own time base. Only a late start is removed: when the first frame's
 pts is above 0 (an RTSP camera, an MPEG-TS file) video and audio are both moved back by it,
 as FFmpeg does, so players do not show a long empty lead-in. RGBA into .mp4 is composited over black (H.264 has
-no alpha) with a warning. The output is written in place; `close()` flushes the encoder and
-writes the trailer, so an interrupted job leaves a playable file with every frame so far.
+no alpha) with a warning.
+
+Crash safety: the file is written as `out.partial.mp4` beside `out.mp4` and renamed when
+`close()` has flushed the encoder and written the trailer, so the final name only ever holds a
+complete file. MP4/MOV are written fragmented (a fragment at each keyframe and at least every
+second) and Matroska/WebM in clusters of at most a second, so even a job killed outright (SIGKILL,
+power cut, out of memory) leaves a partial that plays up to its last fragment. A re-run keeps
+such a leftover as `out.interrupted.mp4` and starts afresh (see `paths.keep_interrupted`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -24,7 +31,14 @@ import numpy as np
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.audio import AudioCarrier
-from streamer.sinks.paths import check_output_file, output_array, remove_quietly
+from streamer.sinks.paths import (
+    check_output_file,
+    keep_interrupted,
+    output_array,
+    partial_path,
+    remove_quietly,
+    try_lock,
+)
 from streamer.sources.base import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -50,6 +64,9 @@ class FileSinkParams:
     """x264 speed/size trade-off."""
     audio: bool = True
     """Carry the source's audio over."""
+    flatten_color: tuple[int, int, int] | None = None
+    """Where RGBA frames meet a format without alpha: laid over this colour (the colour composite);
+    None lays them over black with a warning (alpha asked for, but this format cannot keep it)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 63:
@@ -69,24 +86,47 @@ class VideoFormat:
     even: bool = True
     """Chroma subsampling or the codec needs even width and height."""
     yuv: bool = True
+    container: dict[str, str] = field(default_factory=dict)
+    """Muxer options (crash safety: what is written stays playable)."""
 
+
+# Fragments: self-contained moof+mdat pairs, a new one at each keyframe and at least every second
+# (the moov, with the edit list that keeps B-frame timing, is written with the first one).
+# flush_packets hands each finished fragment to the OS at once instead of holding it in
+# FFmpeg's 32 KiB write buffer, so what a kill leaves is every fragment finished so far.
+FRAGMENTED = {
+    "movflags": "frag_keyframe+delay_moov+default_base_moof",
+    "frag_duration": "1000000",
+    "flush_packets": "1",
+}
+# Matroska holds a cluster in memory until it ends: short clusters, flushed, lose at most a second.
+SHORT_CLUSTERS = {"cluster_time_limit": "1000", "flush_packets": "1"}
 
 FORMATS: dict[str, VideoFormat] = {
-    ".mp4": VideoFormat("libx264", {1: "yuv420p", 3: "yuv420p", 4: "yuv420p"}, alpha=False),
+    ".mp4": VideoFormat(
+        "libx264", {1: "yuv420p", 3: "yuv420p", 4: "yuv420p"}, alpha=False, container=FRAGMENTED
+    ),
     # ProRes 4444 keeps alpha; 422 HQ otherwise (profile 3), half the size.
     ".mov": VideoFormat(
         "prores_ks",
         {1: "yuv422p10le", 3: "yuv422p10le", 4: "yuva444p10le"},
         {"vendor": "apl0"},
+        container=FRAGMENTED,
     ),
     ".webm": VideoFormat(
         "libvpx-vp9",
         {1: "yuv420p", 3: "yuv420p", 4: "yuva420p"},
         {"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"},
+        container=SHORT_CLUSTERS,
     ),
     # Lossless: RGB stays RGB, so no colour matrix and no chroma subsampling.
     ".mkv": VideoFormat(
-        "ffv1", {1: "gray", 3: "bgr0", 4: "bgra"}, {"level": "3", "slicecrc": "1"}, even=False, yuv=False
+        "ffv1",
+        {1: "gray", 3: "bgr0", 4: "bgra"},
+        {"level": "3", "slicecrc": "1"},
+        even=False,
+        yuv=False,
+        container=SHORT_CLUSTERS,
     ),
 }
 INPUT_FORMATS = {1: "gray", 3: "rgb24", 4: "rgba"}
@@ -103,9 +143,11 @@ def codec_options(fmt: VideoFormat, channels: int, params: FileSinkParams) -> di
     return options
 
 
-def flatten_over_black(rgba: np.ndarray) -> np.ndarray:
+def flatten(rgba: np.ndarray, color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """RGBA laid over a solid colour (straight alpha), rounded to the nearest value."""
     alpha = rgba[:, :, 3:].astype(np.uint16)
-    return ((rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    under = np.array(color, np.uint16) * (255 - alpha)
+    return ((rgba[:, :, :3].astype(np.uint16) * alpha + under + 127) // 255).astype(np.uint8)
 
 
 class VideoFileSink:
@@ -125,6 +167,14 @@ class VideoFileSink:
             raise MediaError(f"unsupported output format: {self.path} (use {', '.join(FORMATS)})")
         self.format = FORMATS[suffix]
         check_output_file(self.path, overwrite)
+        self.partial = partial_path(self.path)
+        kept = keep_interrupted(self.path)
+        if kept is not None:
+            log.warning(
+                "an earlier run writing %s was interrupted: what it wrote is kept as %s", self.path, kept
+            )
+        self._held: int | None = None
+        """Open descriptor locking the partial file while this sink writes it."""
         self._lock = threading.Lock()
         self._out: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
@@ -157,7 +207,7 @@ class VideoFileSink:
         height, width, channels = array.shape
         if self.format.even:
             width, height = width - width % 2, height - height % 2
-        if channels == 4 and not self.format.alpha:
+        if channels == 4 and not self.format.alpha and self.params.flatten_color is None:
             log.warning(
                 "%s cannot hold alpha: compositing over black (use .mov, .webm or .mkv to keep it)", self.path
             )
@@ -165,9 +215,18 @@ class VideoFileSink:
         self._time_base = frame.time_base or self.info.time_base
         self._origin = max(0, frame.pts or 0)
         try:
-            self._out = av.open(str(self.path), "w")
+            self._held = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o666)
+            if not try_lock(self._held):
+                raise MediaError(
+                    f"{self.path} is being written by another streamer job (choose another output name)"
+                )
+            self._out = av.open(str(self.partial), "w", container_options=self.format.container)
         except (av.error.FFmpegError, OSError) as err:
+            self._release()
             raise MediaError(f"cannot create {self.path}: {err} (choose another output path)") from err
+        except MediaError:
+            self._release()
+            raise
         try:
             self._stream = self._add_video(width, height, channels)
             if self.params.audio and self.info.audio_path:
@@ -178,7 +237,8 @@ class VideoFileSink:
             # Nothing was written yet: leave no header-less file behind.
             self._out.close()
             self._out = None
-            remove_quietly(self.path)
+            remove_quietly(self.partial)
+            self._release()
             raise
 
     def _add_video(self, width: int, height: int, channels: int) -> av.video.stream.VideoStream:
@@ -229,7 +289,7 @@ class VideoFileSink:
                 f"{self.path}: frames changed from {self._channels} to {array.shape[2]} channels"
             )
         if self._channels == 4 and not self.format.alpha:
-            array = flatten_over_black(array)
+            array = flatten(array, self.params.flatten_color or (0, 0, 0))
         ctx = self._stream.codec_context
         array = np.ascontiguousarray(array[: ctx.height, : ctx.width])
         image = av.VideoFrame.from_ndarray(
@@ -259,8 +319,19 @@ class VideoFileSink:
             if self._out is None:
                 return
             try:
-                self._mux(self._stream.encode(None))
-                if self._audio is not None and self._last_pts is not None:
-                    self._audio.finish(self._seconds(self._last_pts + self._last_step))
+                try:
+                    self._mux(self._stream.encode(None))
+                    if self._audio is not None and self._last_pts is not None:
+                        self._audio.finish(self._seconds(self._last_pts + self._last_step))
+                finally:
+                    self._out.close()
+                # Complete: only now does the output take its name (replacing an old one
+                # only with --overwrite, checked when the sink was opened).
+                os.replace(self.partial, self.path)
             finally:
-                self._out.close()
+                self._release()
+
+    def _release(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None

@@ -1,7 +1,9 @@
 """An image folder, a glob or a single image as a clip at a fixed frame rate.
 
 Files are taken in natural order (frame2 before frame10), frame `i` gets pts `i` in a time
-base of 1/fps; EXIF orientation is applied. Images whose size differs from the first one are resized to the first one's
+base of 1/fps; EXIF orientation is applied. An image that cannot be read is skipped (its time
+slot stays empty) and named in `damage` for the job's final warning; only a folder of which no
+image can be read is an error. Images whose size differs from the first one are resized to the first one's
 size (a clip has one size; sinks cannot change it midway) and a warning is logged once.
 """
 
@@ -23,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
-from streamer.sources.base import SourceInfo
+from streamer.sources.base import InputDamage, SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ class ImageSource:
         self.spec = spec
         self.params = params or ImageSourceParams()
         self._paths = list_images(spec)
-        self._first = load_rgb(self._paths[0])
+        self.damage = InputDamage(spec, files_expected=len(self._paths))
+        self._first_index, self._first = self._first_readable()
         self._stop = threading.Event()
         height, width = self._first.shape[:2]
         self.info = SourceInfo(
@@ -97,16 +100,41 @@ class ImageSource:
             frame_count=len(self._paths),
             live=False,
             audio_path=None,
+            files=tuple(map(str, self._paths)),
             description=f"{spec} ({len(self._paths)} images {width}x{height} @ {self.params.fps:g} fps)",
         )
+
+    def _first_readable(self) -> tuple[int, np.ndarray]:
+        """The first image that loads (it gives the clip's size); the unreadable ones before it are lost."""
+        for index, path in enumerate(self._paths):
+            try:
+                return index, load_rgb(path)
+            except MediaError as err:
+                if len(self._paths) == 1:
+                    raise
+                self._lose(path, err)
+        raise MediaError(
+            f"none of the {len(self._paths)} images in {self.spec} can be read (damaged or not images)"
+        )
+
+    def _lose(self, path: Path, err: MediaError) -> None:
+        self.damage.files_lost.append(path.name)
+        log.info("skipped %s", err)
 
     def frames(self) -> Iterator[Frame]:
         size = (self.info.width, self.info.height)
         warned = False
+        count = 0
         for index, path in enumerate(self._paths):
+            if index < self._first_index:
+                continue
             if self._stop.is_set():
                 return
-            image = self._first if index == 0 else load_rgb(path)
+            try:
+                image = self._first if index == self._first_index else load_rgb(path)
+            except MediaError as err:
+                self._lose(path, err)
+                continue
             if image.shape[1::-1] != size:
                 if not warned:
                     log.warning("%s is %dx%d; resizing to %dx%d", path, *image.shape[1::-1], *size)
@@ -116,9 +144,10 @@ class ImageSource:
                 image=torch.from_numpy(np.ascontiguousarray(image)),
                 pts=index,
                 time_base=self.info.time_base,
-                index=index,
+                index=count,
                 captured_at=time.monotonic(),
             )
+            count += 1
 
     def close(self) -> None:
         self._stop.set()

@@ -1,8 +1,10 @@
 """A video file or network stream decoded with PyAV (whatever FFmpeg opens).
 
 Files yield every frame with the pts stored in the file (variable frame rate kept); the
-decoder is flushed at the end so the last frames are not lost. A truncated file yields what
-decodes and then stops with a warning; only a file of which nothing decodes is an error.
+decoder is flushed at the end so the last frames are not lost. A damaged file is read past
+the damage (packets that do not decode are skipped) and a truncated one up to the cut; what was
+lost is counted in `damage` (frames, and the expected vs decoded duration), for the job's final
+warning. Only a file of which nothing decodes is an error.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
-from streamer.sources.base import SourceInfo
+from streamer.sources.base import InputDamage, SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,15 @@ def rotation_of(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> in
     return int(round(degrees / 90.0)) % 4
 
 
+def tag_seconds(text: str) -> float | None:
+    """'00:01:02.500000000' (Matroska's DURATION tag) -> 62.5; None when absent or malformed."""
+    parts = text.split(":")
+    try:
+        return float(int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])) if len(parts) == 3 else None
+    except ValueError:
+        return None
+
+
 def upright(image: np.ndarray, quarter_turns: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
@@ -89,6 +100,8 @@ class VideoSource:
         self._lock = threading.Lock()
         self._iterating = False
         self._closed = False
+        self.damage = InputDamage(url)
+        self._read_error: str | None = None
         # Decoding the first frame now makes a damaged file fail before any work starts, and
         # gives the rotation, which may live only in the frames' side data.
         self._decoded = self._decode()
@@ -142,6 +155,7 @@ class VideoSource:
             live=live,
             # A live stream cannot be opened a second time in step for its audio.
             audio_path=self.url if self._container.streams.audio and not live else None,
+            files=(self.url,) if scheme_of(self.url) in (None, "file") else (),
             description=f"{self.url} ({stream.codec_context.name} {width}x{height}"
             + (f" @ {float(rate):.3g} fps" if rate else "")
             + (", live)" if live else ")"),
@@ -153,12 +167,17 @@ class VideoSource:
                 return
             self._iterating = True
         index = 0
+        last: av.VideoFrame | None = None
         try:
             for frame in itertools.chain([self._first], self._decoded):
                 if self._stop.is_set():
                     break
                 yield self._to_frame(frame, index)
+                last = frame
                 index += 1
+            else:
+                if not self.info.live and last is not None:
+                    self._account(index, last)
         finally:
             with self._lock:
                 self._iterating = False
@@ -166,26 +185,65 @@ class VideoSource:
                 self._release()
 
     def _decode(self) -> Iterator[av.VideoFrame]:
-        """Every frame, the decoder flush included; stops at the first unreadable point of a damaged file."""
+        """Every frame, the decoder flush included; damaged packets are skipped and counted."""
         demuxed = self._container.demux(self._stream)
         decoded_any = False
         while True:
             try:
                 packet = next(demuxed)
-                frames = packet.decode()  # the last, empty packet flushes the decoder
             except StopIteration:
                 return
             except (av.error.FFmpegError, OSError) as err:
-                # Keep what decoded before the damage: a truncated download is still useful.
+                # The container cannot be read further: keep what decoded before (a truncated
+                # download is still useful); `_account` reports the loss.
                 if decoded_any:
-                    log.warning("stopped reading %s early: %s (the file may be truncated)", self.url, err)
+                    self._read_error = str(err)
                     return
                 raise MediaError(
                     f"cannot decode {self.url}: {err} (the file is corrupt or truncated)"
                 ) from err
+            try:
+                frames = packet.decode()  # the last, empty packet flushes the decoder
+            except (av.error.FFmpegError, OSError) as err:
+                self.damage.frames_lost += 1
+                log.info("%s: skipped a frame that does not decode: %s", self.url, err)
+                continue
             for frame in frames:
                 decoded_any = True
                 yield frame
+
+    def _account(self, decoded: int, last: av.VideoFrame) -> None:
+        """At the natural end of a file: frames missing against its own count and duration."""
+        stream, damage = self._stream, self.damage
+        expected_frames = stream.frames or None
+        damage.frames_expected = expected_frames
+        if expected_frames and decoded < expected_frames:
+            damage.frames_lost = max(damage.frames_lost, expected_frames - decoded)
+        fps = self.info.fps
+        step = 1 / fps if fps else 0.0
+        start = stream.start_time or 0
+        tolerance = 2 * step
+        tagged = tag_seconds(stream.metadata.get("DURATION", ""))
+        if stream.duration:
+            expected_s = float(stream.duration * stream.time_base)
+        elif tagged:  # Matroska keeps each track's duration in a tag
+            expected_s = tagged - float(start * stream.time_base)
+        elif self._container.duration:
+            # The container's duration spans every stream (audio may run longer): be lenient.
+            expected_s = self._container.duration / av.time_base - float(start * stream.time_base)
+            tolerance = max(tolerance, 1.0)
+        else:
+            expected_s = None
+        if last.pts is not None and expected_s:
+            decoded_s = float((last.pts - start) * last.time_base) + step
+            if expected_s - decoded_s > max(tolerance, 0.05):
+                damage.truncated = (expected_s, decoded_s)
+                if not expected_frames and fps:
+                    damage.frames_lost = max(damage.frames_lost, round((expected_s - decoded_s) * fps))
+        if self._read_error and not damage:
+            damage.unreadable_after = float((last.pts or 0) * last.time_base) if last.time_base else 0.0
+        if damage:
+            log.info("%s: %s (read error: %s)", self.url, damage.summary(), self._read_error)
 
     def _to_frame(self, frame: av.VideoFrame, index: int) -> Frame:
         image = upright(frame.to_ndarray(format="rgb24"), self._turns)

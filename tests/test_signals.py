@@ -1,0 +1,47 @@
+"""Stop signals reach the job on the event loop, also where the loop has no signal handlers (Windows)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from streamer.signals import exit_status, install_stop_handlers
+
+
+class NoSignalLoop(asyncio.SelectorEventLoop):
+    """An event loop like Windows' Proactor: no add_signal_handler."""
+
+    def add_signal_handler(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def remove_signal_handler(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+def deliver(loop: asyncio.AbstractEventLoop, signum: int) -> list[int]:
+    received: list[int] = []
+
+    async def main() -> None:
+        got = asyncio.Event()
+        remove = install_stop_handlers(loop, lambda s: (received.append(s), got.set()))
+        try:
+            signal.raise_signal(signum)
+            await asyncio.wait_for(got.wait(), timeout=30)
+        finally:
+            remove()
+
+    loop.run_until_complete(main())
+    loop.close()
+    return received
+
+
+def test_signals_reach_the_loop_with_and_without_loop_signal_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    assert deliver(asyncio.new_event_loop(), signal.SIGTERM) == [signal.SIGTERM]
+    assert deliver(NoSignalLoop(), signal.SIGTERM) == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) == before  # the fallback is undone
+
+
+def test_exit_status_follows_the_shell():
+    assert exit_status(signal.SIGINT) == 130
+    assert exit_status(signal.SIGTERM) == 143
