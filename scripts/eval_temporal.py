@@ -16,7 +16,6 @@ Metrics (mean absolute values, alpha in 0..1):
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,94 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamer.smoothing import SmoothingParams, TemporalSmoother  # noqa: E402
-
-
-def smooth_noise(h: int, w: int, cells: int, gen: torch.Generator) -> torch.Tensor:
-    """Low-frequency noise in about [-1, 1]: random values on a coarse grid, upsampled."""
-    coarse = torch.rand(1, 1, cells, cells, generator=gen) * 2 - 1
-    return F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
-
-
-def texture(h: int, w: int, base: tuple[float, float, float], gen: torch.Generator) -> torch.Tensor:
-    """(H, W, 3) float in 0..1: a base colour with coarse and fine variation."""
-    colour = torch.tensor(base).view(1, 1, 3)
-    coarse = smooth_noise(h, w, 6, gen)[..., None] * 0.15
-    fine = smooth_noise(h, w, max(h, w) // 4, gen)[..., None] * 0.08
-    return (colour + coarse + fine).clamp(0, 1)
-
-
-def subject_distance(t: float, h: int, w: int, moving: bool) -> torch.Tensor:
-    """Signed distance in pixels (negative inside) of a body ellipse with a head circle."""
-    yy, xx = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
-    )
-    phase = t if moving else 0.0
-    cx = w * (0.5 + 0.18 * math.sin(phase * 1.3))
-    cy = h * (0.72 + 0.03 * math.sin(phase * 2.1))
-    ax = w * (0.17 + 0.03 * math.sin(phase * 1.7))
-    ay = h * (0.30 + 0.02 * math.cos(phase * 1.1))
-    body = (torch.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2) - 1) * min(ax, ay)
-    hx = cx + w * 0.04 * math.sin(phase * 2.3)
-    hy = cy - ay - h * 0.12
-    head = torch.sqrt((xx - hx) ** 2 + (yy - hy) ** 2) - h * 0.13
-    return torch.minimum(body, head)
-
-
-def matte_from_distance(dist: torch.Tensor, softness: float = 1.5) -> torch.Tensor:
-    return (0.5 - dist / (2 * softness)).clamp(0, 1)
-
-
-def motion_schedule(seconds: float) -> list[tuple[float, float, bool]]:
-    """Alternate still and moving segments of about a second (still first)."""
-    out, start, moving = [], 0.0, False
-    while start < seconds:
-        length = 1.2 if not moving else 1.0
-        out.append((start, min(seconds, start + length), moving))
-        start += length
-        moving = not moving
-    return out
-
-
-class Scene:
-    def __init__(self, h: int, w: int, seed: int = 0):
-        self.h, self.w = h, w
-        self.gen = torch.Generator().manual_seed(seed)
-        self.background = texture(h, w, (0.35, 0.45, 0.6), self.gen)
-        self.foreground = texture(h, w, (0.8, 0.55, 0.4), self.gen)
-
-    def truth(self, clock: float) -> torch.Tensor:
-        return matte_from_distance(subject_distance(clock, self.h, self.w, moving=True))
-
-    def image(self, truth: torch.Tensor) -> torch.Tensor:
-        a = truth[..., None]
-        picture = a * self.foreground + (1 - a) * self.background
-        picture = picture + torch.randn(picture.shape, generator=self.gen) * (1.5 / 255)
-        return (picture.clamp(0, 1) * 255).round().to(torch.uint8)
-
-    def network(self, clock: float) -> torch.Tensor:
-        """The truth as a flickering per-frame network would see it."""
-        g, h, w = self.gen, self.h, self.w
-        grow = float(torch.randn(1, generator=g)) * 0.8
-        shift_x, shift_y = (torch.rand(2, generator=g) * 1.6 - 0.8).tolist()
-        yy, xx = torch.meshgrid(
-            torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
-        )
-        grid = torch.stack(((xx - shift_x) / (w - 1) * 2 - 1, (yy - shift_y) / (h - 1) * 2 - 1), dim=-1)
-        dist = subject_distance(clock, h, w, moving=True)
-        dist = F.grid_sample(
-            dist[None, None], grid[None], mode="bilinear", padding_mode="border", align_corners=True
-        )
-        matte = matte_from_distance(dist[0, 0] - grow)
-        blobs = smooth_noise(h, w, 5, g).clamp(min=0) * 0.25
-        matte = matte + blobs * (1 - matte) - smooth_noise(h, w, 5, g).clamp(min=0) * 0.15 * matte
-        if float(torch.rand(1, generator=g)) < 0.3:
-            for _ in range(3):
-                y, x = (
-                    int(torch.randint(0, h - 4, (1,), generator=g)),
-                    int(torch.randint(0, w - 4, (1,), generator=g)),
-                )
-                matte[y : y + 3, x : x + 3] = 1.0
-        return matte.clamp(0, 1)
+from streamer.synthetic import Scene, motion_schedule  # noqa: E402
 
 
 def run(fps: float, seconds: float, size: tuple[int, int], params: SmoothingParams, seed: int = 0) -> dict:

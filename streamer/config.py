@@ -21,6 +21,7 @@ from streamer.errors import ConfigError
 # section name -> (module, Params class)
 SECTIONS: dict[str, tuple[str, str]] = {
     "model": ("streamer.engine", "EngineParams"),
+    "propagation": ("streamer.propagation", "PropagationParams"),
     "smoothing": ("streamer.smoothing", "SmoothingParams"),
     "composite": ("streamer.compose.compositor", "CompositeParams"),
     "output": ("streamer.config", "OutputParams"),

@@ -1,0 +1,256 @@
+"""Matte propagation on synthetic moving pictures with known mattes.
+
+Each scene moves a textured subject (its texture moves with it) over a textured background; the
+truth is the subject's matte warped the same way. The propagated matte must be clearly closer to
+the truth than the stale keyframe matte (what a live job shows without propagation), and never
+torn (few pixels off by more than half).
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from streamer.config import load_config
+from streamer.errors import ConfigError
+from streamer.propagation import (
+    PropagationParams,
+    Propagator,
+    consistency,
+    dense_flow,
+    small_grey,
+    warp,
+)
+
+H, W = 240, 320
+CENTRE = (150.0, 120.0)
+
+
+def texture(seed: int, h: int = H, w: int = W, base: int = 120) -> np.ndarray:
+    """uint8 RGB with detail at a few scales (flow needs texture to hold on to)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((h, w, 3), np.float32)
+    for cells, amp in ((6, 60.0), (24, 40.0), (80, 25.0)):
+        coarse = rng.uniform(-1, 1, (cells * h // w + 1, cells, 3)).astype(np.float32)
+        out += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) * amp
+    return np.clip(out + base, 0, 255).astype(np.uint8)
+
+
+def ellipse_matte(axes: tuple[float, float] = (60, 40), h: int = H, w: int = W) -> np.ndarray:
+    """Soft (about 2 px) ellipse at CENTRE, float32 0..1."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.sqrt(((xx - CENTRE[0]) / axes[0]) ** 2 + ((yy - CENTRE[1]) / axes[1]) ** 2)
+    return np.clip((1 - r) * min(axes) / 2 + 0.5, 0, 1).astype(np.float32)
+
+
+class Scene:
+    """A subject moved by an affine transform per frame, over a still background."""
+
+    def __init__(self, seed: int = 0, axes=(60, 40)):
+        self.background = texture(seed).astype(np.float32)
+        self.subject = texture(seed + 100, base=150).astype(np.float32)
+        self.matte = ellipse_matte(axes)
+
+    def frame(self, affine: np.ndarray, occluder: np.ndarray | None = None):
+        """(image uint8, truth float32) with the subject moved by `affine` (2x3)."""
+        alpha = cv2.warpAffine(self.matte, affine, (W, H), flags=cv2.INTER_LINEAR)
+        subject = cv2.warpAffine(self.subject, affine, (W, H), flags=cv2.INTER_LINEAR)
+        a = alpha[..., None]
+        image = a * subject + (1 - a) * self.background
+        if occluder is not None:  # (mask, picture): in front of everything, not part of the matte
+            mask, picture = occluder
+            image = mask[..., None] * picture + (1 - mask[..., None]) * image
+            alpha = alpha * (1 - mask)
+        return np.clip(image, 0, 255).astype(np.uint8), alpha
+
+
+def translation(i: int, speed: float = 2.5) -> np.ndarray:
+    return np.float32([[1, 0, speed * i], [0, 1, 0.8 * i]])
+
+
+def rotation(i: int, degrees: float = 2.0) -> np.ndarray:
+    return cv2.getRotationMatrix2D(CENTRE, degrees * i, 1.0).astype(np.float32)
+
+
+def deformation(i: int) -> np.ndarray:
+    """Stretched sideways and squashed, growing frame by frame (the matte changes shape)."""
+    sx, sy = 1 + 0.02 * i, 1 - 0.008 * i
+    cx, cy = CENTRE
+    return np.float32([[sx, 0, cx * (1 - sx) + i], [0, sy, cy * (1 - sy)]])
+
+
+def noisy(truth: np.ndarray, seed: int) -> np.ndarray:
+    """The truth as a network returns it: a little off everywhere, at the network's own size."""
+    rng = np.random.default_rng(seed)
+    small = cv2.resize(truth, (128, 128), interpolation=cv2.INTER_AREA)
+    return np.clip(small + rng.normal(0, 0.005, small.shape), 0, 1).astype(np.float32)
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def torn(a: np.ndarray, truth: np.ndarray) -> float:
+    """Share of pixels off by more than half: holes, smears, pieces left behind."""
+    return float((np.abs(a - truth) > 0.5).mean())
+
+
+def run(scene_frames, keyframes: dict[int, int], params: PropagationParams | None = None):
+    """Step through `scene_frames` [(image, truth)]; `keyframes` maps a frame to the keyframe
+    whose result arrives right after it was stepped (shown from the next frame on). Returns per
+    frame (propagated, stale, truth) from the first shown result on; stale = the newest result
+    as it is, what a live job shows without propagation."""
+    prop = Propagator(params or PropagationParams())
+    out, stale = [], None
+    for i, (image, truth) in enumerate(scene_frames):
+        matte = prop.step(i, image)
+        if stale is not None:
+            out.append((matte, stale, truth))
+        if i in keyframes:
+            k = keyframes[i]
+            result = noisy(scene_frames[k][1], k)
+            prop.keyframe(k, result)
+            stale = cv2.resize(result, (W, H), interpolation=cv2.INTER_LINEAR)
+    return prop, out
+
+
+def assert_better(results, factor: float):
+    """Propagated MAD at most `factor` x the stale matte's, and no frame torn: the worst frame no
+    worse than the stale matte's worst, and no more pixels off by more than half."""
+    prop_mad = np.mean([mad(m, t) for m, _, t in results])
+    stale_mad = np.mean([mad(s, t) for _, s, t in results])
+    assert prop_mad < factor * stale_mad, (prop_mad, stale_mad)
+    assert max(mad(m, t) for m, _, t in results) < max(mad(s, t) for _, s, t in results)
+    assert max(torn(m, t) for m, _, t in results) < max(torn(s, t) for _, s, t in results)
+
+
+def test_pure_functions():
+    tex = texture(3)
+    a = small_grey(tex, 160)
+    assert a.shape == (120, 160) and a.dtype == np.uint8
+    assert small_grey(tex, 1000).shape == (H, W)  # never wider than the frame
+    shifted = np.roll(tex, (2, 5), axis=(0, 1))
+    b = small_grey(shifted, 320)
+    flow = dense_flow(small_grey(tex, 320), b)
+    assert flow.shape == (H, W, 2) and flow.dtype == np.float32
+    inner = flow[20:-20, 20:-20]
+    assert np.median(inner[..., 0]) == pytest.approx(5, abs=0.3)
+    assert np.median(inner[..., 1]) == pytest.approx(2, abs=0.3)
+    # Warping b by the flow a -> b (on a's pixels) brings b back to a.
+    restored = warp(b.astype(np.float32), flow)
+    assert np.abs(restored - small_grey(tex, 320))[20:-20, 20:-20].mean() < 3
+    # A constant flow shifts; a flow of another size is scaled to the matte's.
+    m = ellipse_matte()
+    moved = warp(m, np.full((H // 2, W // 2, 2), (-2.0, 0.0), np.float32))
+    assert np.abs(moved[:, 4:] - m[:, :-4]).max() < 1e-5
+    # Forward-backward: flows that undo each other are trusted, others are not.
+    f = np.full((H, W, 2), (3.0, 1.0), np.float32)
+    assert consistency(f, -f).min() == pytest.approx(1.0)
+    assert consistency(f, f).max() == pytest.approx(0.0)
+
+
+def test_params_are_a_config_section():
+    config = load_config(overrides={"propagation": {"flow_width": "160", "enabled": "off"}})
+    assert config.propagation == PropagationParams(flow_width=160, enabled=False)
+    with pytest.raises(ConfigError, match=r"^propagation.keyframe_every: 0 is not an integer in 1..1000$"):
+        PropagationParams(keyframe_every=0)
+    with pytest.raises(ConfigError, match=r"^propagation.residual: -1 is not a number"):
+        PropagationParams(residual=-1)
+
+
+@pytest.mark.parametrize(
+    ("motion", "frames"),
+    [(translation, 24), (rotation, 24), (deformation, 24)],
+    ids=["translation", "rotation", "deformation"],
+)
+@pytest.mark.parametrize("late", [0, 10], ids=["keyframe-at-once", "keyframe-10-frames-late"])
+def test_moving_subject_is_followed(motion, frames, late):
+    scene = Scene()
+    pictures = [scene.frame(motion(i)) for i in range(frames)]
+    # A keyframe on frame 0, arriving `late` frames later; then nothing more.
+    _, results = run(pictures, {late: 0})
+    assert_better(results, 0.4 if motion is translation else 0.6)
+
+
+def test_consecutive_late_keyframes_keep_up():
+    """The CPU case: the network takes 6 frames, then starts again on the newest frame."""
+    scene = Scene(seed=4)
+    pictures = [scene.frame(translation(i, speed=3.0)) for i in range(40)]
+    arrivals = {k + 6: k for k in range(0, 34, 6)}
+    _, results = run(pictures, arrivals)
+    assert_better(results, 0.35)
+    # Keyframes keep the drift down: the last frames are as good as the first.
+    first = np.mean([mad(m, t) for m, _, t in results[:6]])
+    last = np.mean([mad(m, t) for m, _, t in results[-6:]])
+    assert last < 2 * first + 0.002
+
+
+def test_occluding_object():
+    """A textured bar sweeps across the subject; it hides part of it (truth: subject minus bar)."""
+    scene = Scene(seed=5)
+    bar_picture = texture(9, base=60).astype(np.float32)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    frames = []
+    for i in range(24):
+        x0 = 40 + 6 * i
+        mask = np.clip(np.minimum(xx - x0, x0 + 30 - xx) / 2 + 0.5, 0, 1).astype(np.float32)
+        moved_bar = np.roll(bar_picture, 6 * i, axis=1)  # its texture moves with it
+        frames.append(scene.frame(translation(i, speed=1.5), occluder=(mask, moved_bar)))
+    _, results = run(frames, {4: 0, 12: 8})
+    assert_better(results, 0.6)
+
+
+def test_scene_cut_takes_the_new_keyframe_as_it_comes():
+    before = Scene(seed=1)
+    after = Scene(seed=2, axes=(40, 70))
+    frames = [before.frame(translation(i)) for i in range(10)]
+    frames += [after.frame(translation(-i)) for i in range(12)]
+    # Keyframe of frame 2 arrives at 6 (before the cut), of frame 9 (old scene) at 12, of
+    # frame 12 (new scene) at 16.
+    prop, results = run(frames, {6: 2, 12: 9, 16: 12})
+    assert prop.cuts == 1
+    tail = results[-(len(frames) - 17) :]  # from the frame that shows the new scene's keyframe
+    assert_better(tail, 0.4)
+    # Across the cut the old matte is held, not dragged along by meaningless flow.
+    prop = Propagator()
+    for i, (image, _) in enumerate(frames[:11]):
+        out = prop.step(i, image)
+        if i == 6:
+            prop.keyframe(2, noisy(frames[2][1], 2))
+        if i == 9:
+            last = out
+    assert np.array_equal(out, last)
+
+
+def test_newest_keyframe_is_used_as_is_and_off_means_the_newest_result():
+    scene = Scene()
+    image, truth = scene.frame(translation(0))
+    alpha = noisy(truth, 0)
+    for params in (PropagationParams(), PropagationParams(enabled=False)):
+        prop = Propagator(params)
+        assert prop.step(0, image) is None
+        prop.keyframe(0, alpha)
+        image1, _ = scene.frame(translation(1))
+        out = prop.step(1, image1)
+        assert out.shape == (H, W) and out.dtype == np.float32
+    # Off: no flow at all, the newest result resized as it is.
+    assert np.array_equal(out, cv2.resize(alpha, (W, H), interpolation=cv2.INTER_LINEAR))
+
+
+def test_keyframe_checks_and_history():
+    scene = Scene()
+    prop = Propagator(PropagationParams(history=5))
+    frames = [scene.frame(translation(i)) for i in range(12)]
+    for i, (image, _) in enumerate(frames):
+        prop.step(i, image)
+    with pytest.raises(ValueError, match="newer than the newest"):
+        prop.keyframe(12, frames[0][1])
+    # Older than the history: carried from the oldest kept frame (7), so only the motion of
+    # frames 7..11 is known; still better than stale.
+    prop.keyframe(2, frames[2][1])
+    assert prop.last_carry == 9
+    out = prop.step(12, scene.frame(translation(12))[0])
+    truth12 = scene.frame(translation(12))[1]
+    assert mad(out, truth12) < mad(frames[2][1], truth12)
+    # An older result than the one in use is ignored.
+    prop.keyframe(1, np.zeros((H, W), np.float32))
+    assert prop.keyframes == 1
