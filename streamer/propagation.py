@@ -98,9 +98,15 @@ def new_dis() -> cv2.DISOpticalFlow:
     return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
 
 
-def dense_flow(prev: np.ndarray, nxt: np.ndarray, dis: cv2.DISOpticalFlow | None = None) -> np.ndarray:
-    """(h, w, 2) float32 flow on `prev`'s pixels to `nxt`: prev(x) ~ nxt(x + flow(x)). DIS ultrafast."""
-    return (dis or new_dis()).calc(prev, nxt, None)
+def dense_flow(
+    prev: np.ndarray, nxt: np.ndarray, dis: cv2.DISOpticalFlow | None = None, init: np.ndarray | None = None
+) -> np.ndarray:
+    """(h, w, 2) float32 flow on `prev`'s pixels to `nxt`: prev(x) ~ nxt(x + flow(x)). DIS ultrafast.
+
+    `init`, a guess of the same flow, starts DIS from it: it then follows motions far larger than
+    its coarsest scale sees (a 60 px shift at 320x240: 2 px found from nothing, 60 from a guess)."""
+    start = None if init is None else np.array(init, np.float32, copy=True)  # DIS writes into it
+    return (dis or new_dis()).calc(prev, nxt, start)
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,12 +198,37 @@ def _as_matte(alpha: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(alpha, dtype=np.float32)
 
 
+@dataclass
+class _Seen:
+    """What is kept of a stepped frame: its small grey image and its flow to the anchor."""
+
+    frame_id: int
+    grey: np.ndarray
+    anchor: int | None = None
+    flow: np.ndarray | None = None  # to the anchor, at half the small size (an initial guess only)
+
+
+@dataclass
+class _Anchor:
+    """The keyframe the current matte is carried from: its frame's grey image and its matte."""
+
+    frame_id: int
+    grey: np.ndarray
+    matte: np.ndarray
+
+
 class Propagator:
     """Carries the network's keyframe mattes to every frame of one stream.
 
     Call `step` for every frame in order, and `keyframe` whenever a network result for an earlier
     (already stepped) frame arrives. Not thread-safe: one thread calls it. `.params` may be
     replaced between calls (a changed `flow_width` restarts the flow history).
+
+    Each frame's matte is the newest keyframe's matte warped directly from the keyframe's own
+    frame (the anchor) to this frame, by one DIS per frame started from the previous frame's
+    flow to the anchor. Warping from the anchor every time, rather than from frame to frame, keeps
+    the matte sharp (one interpolation, not one per frame) and keeps errors from piling up; the
+    warm start keeps DIS on track over the large motions that pile up between keyframes.
     """
 
     def __init__(self, params: PropagationParams | None = None) -> None:
@@ -213,16 +244,27 @@ class Propagator:
 
     def reset(self) -> None:
         self._frame_size: tuple[int, int] | None = None
-        self._history: deque[tuple[int, np.ndarray]] = deque()
+        self._history: deque[_Seen] = deque()
         self._newest: int | None = None
         self._matte: np.ndarray | None = None  # small, on the newest frame's pixels
         self._source: int | None = None  # the keyframe the current matte comes from
         self._latest: np.ndarray | None = None  # the newest network result as it came (no propagation)
+        self._anchor: _Anchor | None = None
+        self._flow: np.ndarray | None = None  # newest frame -> anchor, on the newest frame's pixels
         self._cut: int | None = None  # the first frame of the current scene, after a cut
 
     @property
     def newest(self) -> int | None:
         return self._newest
+
+    def current(self) -> np.ndarray | None:
+        """The newest frame's matte at the frame's size, as `step` would return it now (after a
+        `keyframe` for the newest frame, when the network kept up)."""
+        if self._frame_size is None:
+            return None
+        if not self.params.enabled or self._matte is None:
+            return None if self._latest is None else _resize(self._latest, *self._frame_size).copy()
+        return _resize(self._matte, *self._frame_size).copy()
 
     def step(self, frame_id: int, image: np.ndarray) -> np.ndarray | None:
         """The matte of this frame, (H, W) float32 in 0..1, or None before the first keyframe."""
@@ -235,31 +277,51 @@ class Propagator:
         self._newest = frame_id
         if not params.enabled:
             self._history.clear()
-            self._matte = None
-            return None if self._latest is None else _resize(self._latest, height, width).copy()
+            self._matte = self._anchor = self._flow = None
+            return self.current()
         grey = small_grey(image, params.flow_width)
-        if self._history and self._history[-1][1].shape != grey.shape:
-            self._history.clear()  # flow_width changed: the stored images cannot be compared
+        if self._history and self._history[-1].grey.shape != grey.shape:
+            # flow_width changed: the stored images cannot be compared; restart from the matte.
+            self._history.clear()
+            self._anchor = self._flow = None
             if self._matte is not None:
                 self._matte = _resize(self._matte, *grey.shape)
-        if self._history:
-            before = self._history[-1][1]
-            back = dense_flow(grey, before, self._dis)
-            mismatch = residual(grey, before, back)
-            if is_scene_cut(mismatch, params):
-                self.cuts += 1
-                self._cut = frame_id
-                self._history.clear()  # nothing can be carried across a cut
-            elif self._matte is not None:
-                self._matte = self._carry(self._matte, back, mismatch, before, grey, self._matte)
-        if self._matte is None and self._latest is not None:
+        seen = _Seen(frame_id, grey)
+        if self._anchor is not None:
+            self._follow(seen)
+        elif self._history:
+            # Nothing to carry (before the first keyframe, or held across a cut): still watch for cuts.
+            before = self._history[-1].grey
+            if is_scene_cut(residual(grey, before, dense_flow(grey, before, self._dis)), params):
+                self._on_cut(frame_id)
+        if self._matte is None and self._latest is not None and self._cut is None:
             self._matte = _resize(self._latest, *grey.shape)  # switched on: start from the newest result
-        self._history.append((frame_id, grey))
+        self._history.append(seen)
         while len(self._history) > params.history:
             self._history.popleft()
-        if self._matte is None:
-            return None
-        return _resize(self._matte, height, width).copy()
+        return self.current()
+
+    def _follow(self, seen: _Seen) -> None:
+        """Carry the anchor's matte to this frame (or notice a cut)."""
+        anchor, params = self._anchor, self.params
+        back = dense_flow(seen.grey, anchor.grey, self._dis, init=self._flow)
+        mismatch = residual(seen.grey, anchor.grey, back)
+        if is_scene_cut(mismatch, params):
+            self._on_cut(seen.frame_id)
+            return
+        self._flow = back
+        seen.anchor, seen.flow = anchor.frame_id, _half(back)
+        self._matte = self._blend(
+            warp(anchor.matte, back), mismatch, seen.grey, anchor.grey, back, self._matte
+        )
+
+    def _on_cut(self, frame_id: int) -> None:
+        # Nothing can be carried across a cut: the matte is held as it is until the new scene's
+        # first keyframe arrives.
+        self.cuts += 1
+        self._cut = frame_id
+        self._history.clear()
+        self._anchor = self._flow = None
 
     def keyframe(self, frame_id: int, alpha: np.ndarray) -> None:
         """A network result for an earlier frame: carried to the newest frame, then taken."""
@@ -277,47 +339,70 @@ class Propagator:
         if not self.params.enabled or not self._history:
             self._matte = None
             return
-        newest = self._history[-1][1]
-        small = _resize(alpha, *newest.shape)
-        if frame_id == self._newest or (self._cut is not None and frame_id < self._cut):
-            # The network kept up: nothing to carry. Or the result is from before a cut and cannot
-            # be carried across it; it is still the newest network result, as without propagation.
-            self._matte = small
+        newest = self._history[-1]
+        small = _resize(alpha, *newest.grey.shape)
+        if self._cut is not None and frame_id < self._cut:
+            # From before the cut: it cannot be carried across it. It is still the newest network
+            # result, so it is shown as it is (as without propagation), and not carried further.
+            self._matte, self._anchor, self._flow = small, None, None
             return
-        fallback = self._matte if in_scene else None
         stored = self._stored(frame_id)
-        back = dense_flow(newest, stored, self._dis)
-        self._matte = self._carry(small, back, residual(newest, stored, back), stored, newest, fallback)
+        self._anchor = _Anchor(stored.frame_id, stored.grey, small)
+        if stored is newest:
+            self._matte = small  # the network kept up: its result as it is
+            self._flow = np.zeros((*small.shape, 2), np.float32)
+            newest.anchor, newest.flow = frame_id, _half(self._flow)
+            return
+        back = dense_flow(newest.grey, stored.grey, self._dis, init=self._initial_flow(stored, newest))
+        self._flow = back
+        newest.anchor, newest.flow = stored.frame_id, _half(back)
+        mismatch = residual(newest.grey, stored.grey, back)
+        fallback = self._matte if in_scene else None
+        self._matte = self._blend(warp(small, back), mismatch, newest.grey, stored.grey, back, fallback)
 
-    def _stored(self, frame_id: int) -> np.ndarray:
-        """The stored small grey image of `frame_id` (or of the newest kept frame before it, or the oldest)."""
-        found = self._history[0][1]
-        for fid, grey in self._history:
-            if fid > frame_id:
+    def _initial_flow(self, older: _Seen, newest: _Seen) -> np.ndarray | None:
+        """A guess of the flow newest -> older from both frames' flows to the same old anchor
+        (follow newest's flow to the anchor, then older's flow back from it)."""
+        if older.flow is None or self._flow is None or older.anchor is None or older.anchor != newest.anchor:
+            return None
+        h, w = newest.grey.shape
+        to_anchor, older_to_anchor = self._flow, fit_flow(older.flow, h, w)
+        guess = to_anchor - older_to_anchor
+        return to_anchor - warp(older_to_anchor, guess)
+
+    def _stored(self, frame_id: int) -> _Seen:
+        """The kept frame `frame_id` (or the newest kept frame before it, or else the oldest)."""
+        found = self._history[0]
+        for seen in self._history:
+            if seen.frame_id > frame_id:
                 break
-            found = grey
+            found = seen
         return found
 
-    def _carry(
+    def _blend(
         self,
-        matte: np.ndarray,
-        back: np.ndarray,
+        carried: np.ndarray,
         mismatch: np.ndarray,
-        grey_from: np.ndarray,
         grey_to: np.ndarray,
+        grey_from: np.ndarray,
+        back: np.ndarray,
         fallback: np.ndarray | None,
     ) -> np.ndarray:
-        """`matte` (on grey_from's pixels) carried by `back` (grey_to -> grey_from) to grey_to's
-        pixels; where the flow is not trusted, `fallback` (on grey_to's pixels) is kept, if any."""
+        """The carried matte where its flow (grey_to -> grey_from) is trusted, `fallback` (the
+        last matte, on grey_to's pixels) where it is not; soft weights, so no seams."""
         params = self.params
-        carried = warp(matte, back)
         if fallback is None:
             return carried
         trust = photometric(mismatch, params)
         if params.forward_backward:
-            forward = dense_flow(grey_from, grey_to, self._dis)
+            forward = dense_flow(grey_from, grey_to, self._dis, init=-back)
             np.minimum(trust, consistency(forward, back, params.fb_tolerance, params.fb_relative), out=trust)
-        out = carried - fallback
-        out *= trust
-        out += fallback
-        return out
+        carried -= fallback
+        carried *= trust
+        carried += fallback
+        return carried
+
+
+def _half(flow: np.ndarray) -> np.ndarray:
+    h, w = flow.shape[:2]
+    return fit_flow(flow, max(1, h // 2), max(1, w // 2))

@@ -27,19 +27,25 @@ def texture(h: int, w: int, base: tuple[float, float, float], gen: torch.Generat
     return (colour + coarse + fine).clamp(0, 1)
 
 
-def subject_distance(t: float, h: int, w: int, moving: bool) -> torch.Tensor:
-    """Signed distance in pixels (negative inside) of a body ellipse with a head circle."""
-    yy, xx = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
-    )
+def subject_pose(t: float, h: int, w: int, moving: bool = True) -> tuple[float, ...]:
+    """(cx, cy, ax, ay, hx, hy): body centre and half-axes, head centre, in pixels, at time t."""
     phase = t if moving else 0.0
     cx = w * (0.5 + 0.18 * math.sin(phase * 1.3))
     cy = h * (0.72 + 0.03 * math.sin(phase * 2.1))
     ax = w * (0.17 + 0.03 * math.sin(phase * 1.7))
     ay = h * (0.30 + 0.02 * math.cos(phase * 1.1))
-    body = (torch.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2) - 1) * min(ax, ay)
     hx = cx + w * 0.04 * math.sin(phase * 2.3)
     hy = cy - ay - h * 0.12
+    return cx, cy, ax, ay, hx, hy
+
+
+def subject_distance(t: float, h: int, w: int, moving: bool) -> torch.Tensor:
+    """Signed distance in pixels (negative inside) of a body ellipse with a head circle."""
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    cx, cy, ax, ay, hx, hy = subject_pose(t, h, w, moving)
+    body = (torch.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2) - 1) * min(ax, ay)
     head = torch.sqrt((xx - hx) ** 2 + (yy - hy) ** 2) - h * 0.13
     return torch.minimum(body, head)
 
@@ -60,8 +66,13 @@ def motion_schedule(seconds: float) -> list[tuple[float, float, bool]]:
 
 
 class Scene:
-    def __init__(self, h: int, w: int, seed: int = 0):
+    """`follow=False`: the subject's texture stays put while its outline moves (enough for
+    smoothing, which looks at image differences). `follow=True`: the texture moves and stretches
+    with the body, as a person's clothes do (what optical flow needs to be tested on)."""
+
+    def __init__(self, h: int, w: int, seed: int = 0, follow: bool = False):
         self.h, self.w = h, w
+        self.follow = follow
         self.gen = torch.Generator().manual_seed(seed)
         self.background = texture(h, w, (0.35, 0.45, 0.6), self.gen)
         self.foreground = texture(h, w, (0.8, 0.55, 0.4), self.gen)
@@ -69,11 +80,30 @@ class Scene:
     def truth(self, clock: float) -> torch.Tensor:
         return matte_from_distance(subject_distance(clock, self.h, self.w, moving=True))
 
-    def image(self, truth: torch.Tensor) -> torch.Tensor:
+    def image(self, truth: torch.Tensor, clock: float | None = None) -> torch.Tensor:
+        """uint8 (H, W, 3): the subject over the background by `truth`, with sensor noise. With
+        `follow`, give the scene clock of `truth` so that the texture is where the body is."""
+        foreground = self.foreground
+        if self.follow and clock is not None:
+            foreground = self._moved_foreground(clock)
         a = truth[..., None]
-        picture = a * self.foreground + (1 - a) * self.background
+        picture = a * foreground + (1 - a) * self.background
         picture = picture + torch.randn(picture.shape, generator=self.gen) * (1.5 / 255)
         return (picture.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def _moved_foreground(self, clock: float) -> torch.Tensor:
+        h, w = self.h, self.w
+        cx, cy, ax, ay, *_ = subject_pose(clock, h, w)
+        cx0, cy0, ax0, ay0, *_ = subject_pose(0.0, h, w)
+        xs = (torch.arange(w, dtype=torch.float32) - cx) * (ax0 / ax) + cx0
+        ys = (torch.arange(h, dtype=torch.float32) - cy) * (ay0 / ay) + cy0
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack((xx / (w - 1) * 2 - 1, yy / (h - 1) * 2 - 1), dim=-1)
+        picture = self.foreground.permute(2, 0, 1)[None]
+        out = F.grid_sample(
+            picture, grid[None], mode="bilinear", padding_mode="reflection", align_corners=True
+        )
+        return out[0].permute(1, 2, 0)
 
     def network(self, clock: float) -> torch.Tensor:
         """The truth as a flickering per-frame network would see it."""
