@@ -110,12 +110,22 @@ def dense_flow(
 
 
 @functools.lru_cache(maxsize=8)
-def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    xs = np.arange(w, dtype=np.float32)
-    ys = np.arange(h, dtype=np.float32)
-    gx, gy = np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w))
-    gx.flags.writeable = gy.flags.writeable = False
-    return gx, gy
+def _pixel_grid(h: int, w: int) -> np.ndarray:
+    """(h, w, 2) float32 pixel coordinates (x, y), read-only."""
+    grid = np.empty((h, w, 2), np.float32)
+    grid[..., 0] = np.arange(w, dtype=np.float32)
+    grid[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    grid.flags.writeable = False
+    return grid
+
+
+def sample_map(flow: np.ndarray) -> np.ndarray:
+    """(h, w, 2) float32 positions x + flow(x), the map `cv2.remap` reads from."""
+    return _pixel_grid(*flow.shape[:2]) + flow
+
+
+def _remap(image: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return cv2.remap(image, positions, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def fit_flow(flow: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -135,11 +145,7 @@ def warp(matte: np.ndarray, flow: np.ndarray) -> np.ndarray:
     `flow` is resized to the matte's size when they differ. Works for any float32 (h, w) or
     (h, w, C) image, so flows and grey images are warped the same way."""
     h, w = matte.shape[:2]
-    flow = fit_flow(flow, h, w)
-    gx, gy = _pixel_grid(h, w)
-    map_x = gx + flow[..., 0]
-    map_y = gy + flow[..., 1]
-    return cv2.remap(matte, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return _remap(matte, sample_map(fit_flow(flow, h, w)))
 
 
 def consistency(
@@ -160,13 +166,15 @@ def consistency(
 
 def residual(target: np.ndarray, source: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """(h, w) float32 grey-level mismatch in 0..1 of `flow` (target -> source, on target's
-    pixels): how unlike the target's grey image the source's looks once warped by it."""
-    warped = warp(source.astype(np.float32), flow)
-    out = cv2.absdiff(warped, target.astype(np.float32))
-    # A small box filter: one noisy pixel is not an occlusion, a patch that does not match is.
-    out = cv2.blur(out, (3, 3))
-    out *= 1.0 / 255.0
-    return out
+    pixels): how unlike the target's uint8 grey image the source's looks once warped by it."""
+    return _residual(target, source, sample_map(flow))
+
+
+def _residual(target: np.ndarray, source: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    # uint8 throughout (OpenCV's fast paths); a 3x3 box filter, so that one noisy pixel is not an
+    # occlusion but a patch that does not match is.
+    out = cv2.blur(cv2.absdiff(_remap(source, positions), target), (3, 3))
+    return out.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def photometric(mismatch: np.ndarray, params: PropagationParams) -> np.ndarray:
@@ -262,9 +270,11 @@ class Propagator:
         `keyframe` for the newest frame, when the network kept up)."""
         if self._frame_size is None:
             return None
-        if not self.params.enabled or self._matte is None:
-            return None if self._latest is None else _resize(self._latest, *self._frame_size).copy()
-        return _resize(self._matte, *self._frame_size).copy()
+        matte = self._latest if not self.params.enabled or self._matte is None else self._matte
+        if matte is None:
+            return None
+        out = _resize(matte, *self._frame_size)
+        return out.copy() if out is matte else out  # never the state itself
 
     def step(self, frame_id: int, image: np.ndarray) -> np.ndarray | None:
         """The matte of this frame, (H, W) float32 in 0..1, or None before the first keyframe."""
@@ -305,14 +315,15 @@ class Propagator:
         """Carry the anchor's matte to this frame (or notice a cut)."""
         anchor, params = self._anchor, self.params
         back = dense_flow(seen.grey, anchor.grey, self._dis, init=self._flow)
-        mismatch = residual(seen.grey, anchor.grey, back)
+        positions = sample_map(back)
+        mismatch = _residual(seen.grey, anchor.grey, positions)
         if is_scene_cut(mismatch, params):
             self._on_cut(seen.frame_id)
             return
         self._flow = back
         seen.anchor, seen.flow = anchor.frame_id, _half(back)
         self._matte = self._blend(
-            warp(anchor.matte, back), mismatch, seen.grey, anchor.grey, back, self._matte
+            _remap(anchor.matte, positions), mismatch, seen.grey, anchor.grey, back, self._matte
         )
 
     def _on_cut(self, frame_id: int) -> None:
@@ -356,9 +367,11 @@ class Propagator:
         back = dense_flow(newest.grey, stored.grey, self._dis, init=self._initial_flow(stored, newest))
         self._flow = back
         newest.anchor, newest.flow = stored.frame_id, _half(back)
-        mismatch = residual(newest.grey, stored.grey, back)
+        positions = sample_map(back)
+        mismatch = _residual(newest.grey, stored.grey, positions)
         fallback = self._matte if in_scene else None
-        self._matte = self._blend(warp(small, back), mismatch, newest.grey, stored.grey, back, fallback)
+        carried = _remap(small, positions)
+        self._matte = self._blend(carried, mismatch, newest.grey, stored.grey, back, fallback)
 
     def _initial_flow(self, older: _Seen, newest: _Seen) -> np.ndarray | None:
         """A guess of the flow newest -> older from both frames' flows to the same old anchor

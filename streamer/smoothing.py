@@ -47,7 +47,9 @@ class SmoothingParams:
     scene_cut: float = 0.2
     """Mean grey-level change of the whole frame that counts as a cut (reset)."""
     max_gap: float = 0.5
-    """Seconds between frames above which the history is dropped (reset)."""
+    """Seconds between frames (their presentation times) above which the history is dropped
+    (reset). A camera gap, not a network one: with propagation every camera frame arrives with a
+    matte, so keyframes a second apart do not reset it."""
 
     def __post_init__(self) -> None:
         _check_range("smoothing.strength", self.strength, 0.0, 1.0)

@@ -129,3 +129,34 @@ class Scene:
                 )
                 matte[y : y + 3, x : x + 3] = 1.0
         return matte.clamp(0, 1)
+
+
+class SimulatedNetwork:
+    """When a network's results arrive, on a simulated clock (no sleeping): a pass started on
+    frame s delivers at frame s + ceil(latency x fps); the network then starts again on the
+    newest frame, at most every `keyframe_every`-th frame. `results` is the list of
+    (frame it started on, frame its result arrived at)."""
+
+    def __init__(self, latency: float, fps: float, keyframe_every: int = 1):
+        self.lag = max(1, math.ceil(latency * fps - 1e-9))
+        self.keyframe_every = keyframe_every
+        self.results: list[tuple[int, int]] = []
+        self._pending: int | None = None
+        self._last_start: int | None = None
+
+    def arrived(self, frame: int) -> int | None:
+        """Call before frame `frame` is shown: the frame whose result has arrived by then, if any."""
+        if self._pending is None or self._pending + self.lag > frame:
+            return None
+        start, self._pending = self._pending, None
+        self.results.append((start, frame))
+        return start
+
+    def start(self, frame: int) -> bool:
+        """Call once frame `frame` is in: whether the network starts on it (it is free)."""
+        if self._pending is not None:
+            return False
+        if self._last_start is not None and frame - self._last_start < self.keyframe_every:
+            return False
+        self._pending = self._last_start = frame
+        return True

@@ -258,3 +258,36 @@ def test_params_switched_from_another_thread_while_smoothing():
         thread.join()
         sys.setswitchinterval(interval)
     assert switches[0] > 400
+
+
+def test_propagated_mattes_with_keyframes_a_second_apart_never_reset():
+    """A live job on a CPU: the network delivers about once a second, propagation gives every
+    camera frame a matte, and the smoother sees every frame 1/30 s apart. Frame times, not the
+    time between network results, decide a gap: no reset after the first frame, while a real
+    camera gap still resets."""
+    from streamer.propagation import Propagator
+    from streamer.synthetic import Scene, SimulatedNetwork
+
+    fps = 30.0
+    scene = Scene(60, 80, seed=3, follow=True)
+    propagator, network = Propagator(), SimulatedNetwork(latency=1.0, fps=fps)
+    smoother = TemporalSmoother(SmoothingParams(max_gap=0.5), "cpu")
+    shown = 0
+    for i in range(int(3.5 * fps)):
+        clock = i / fps
+        truth = scene.truth(clock)
+        image = scene.image(truth, clock)
+        start = network.arrived(i)
+        if start is not None:
+            propagator.keyframe(start, scene.network(start / fps).numpy())
+        matte = propagator.step(i, image.numpy())
+        network.start(i)
+        if matte is not None:
+            out = smoother(torch.from_numpy(matte), image, i / fps)
+            shown += 1
+            assert out.shape == truth.shape
+    starts = [s for s, _ in network.results]
+    assert starts == [0, 30, 60]  # keyframes 1 s apart
+    assert shown == int(3.5 * fps) - 30 and smoother.resets == 1
+    smoother(torch.from_numpy(matte), image, 3.5 + 0.6)  # the camera itself stalled 0.6 s
+    assert smoother.resets == 2
