@@ -239,7 +239,7 @@ def main() -> int:
     print(f"camera {args.size}, {args.seconds:g} s, flow width {params.flow_width}")
     header = (
         f"{'timing':<13} {'net ms':>6} {'fps':>4} {'lag':>3} {'key Hz':>6} {'MAD a':>7} {'MAD b':>7} "
-        f"{'edge a':>7} {'edge b':>7} {'change':>7} {'worst a':>7} {'worst b':>7} {'step ms p50/p95':>15}"
+        f"{'edge a':>7} {'edge b':>7} {'change':>7} {'worst a':>7} {'worst b':>7} {'step ms p50/p95':>15} {'cuts':>4}"
     )
     print(header)
     ok = True
@@ -250,7 +250,7 @@ def main() -> int:
         print(
             f"{t.name:<13} {t.latency * 1000:>6.0f} {t.fps:>4g} {run.network.lag:>3} {len(run.network.results) / args.seconds:>6.2f} "
             f"{np.mean(a.mad):>7.4f} {np.mean(b.mad):>7.4f} {a.edge_mad:>7.4f} {b.edge_mad:>7.4f} "
-            f"{change:>+7.1%} {max(a.mad):>7.4f} {max(b.mad):>7.4f} {p50:>7.2f}/{p95:<7.2f}"
+            f"{change:>+7.1%} {max(a.mad):>7.4f} {max(b.mad):>7.4f} {p50:>7.2f}/{p95:<7.2f} {run.propagated.cuts:>4}"
         )
         ok &= change <= -0.40 and np.mean(b.mad) <= np.mean(a.mad) and max(b.mad) <= max(a.mad)
         if args.plots:

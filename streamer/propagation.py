@@ -1,28 +1,34 @@
 """Matte propagation: every camera frame gets a matte, the network runs only on keyframes.
 
-The network's matte of a keyframe arrives late (it took the network's time). Meanwhile every
-frame gets the current matte carried to it by dense optical flow (OpenCV DIS, ultrafast preset)
-computed on small grey images, and warped with `cv2.remap`. When a keyframe result arrives it is
-carried forward from its own frame to the newest one with one more flow (from the stored small
-grey image of the keyframe's frame) and replaces the current matte where that flow is reliable.
+The network's matte of a keyframe arrives late (it took the network's time). Every frame gets the
+newest keyframe matte carried to it by dense optical flow (OpenCV DIS, ultrafast preset) computed
+on small grey images (~320 wide) and warped with `cv2.remap`. The flow goes straight from the frame
+to the keyframe's own frame (the anchor), one DIS per frame, started from the previous frame's
+flow to the same anchor: one interpolation of the matte instead of one per frame (no blur or drift
+piling up), and the warm start follows motions far beyond DIS's own reach. When a keyframe result
+arrives it is carried from its frame (its small grey image is kept in a short history) to the
+newest frame by one more DIS, started from a guess made of both frames' flows to the old anchor,
+and becomes the new anchor.
 
 Flow convention (OpenCV's): `dense_flow(a, b)` is defined on `a`'s pixels and points to where each
 pixel went in `b`, so `a(x) ~ b(x + flow(x))`. To carry a matte from frame B to frame A, compute
 the flow from A to B (on A's pixels) and `warp` B's matte by it: `A_matte(x) = B_matte(x + flow(x))`.
 
-Where flow is unreliable (occlusions, disocclusions, flow that does not explain the picture), the
-last matte is kept at that pixel instead of the warped one, with a soft weight so nothing tears.
-Reliability is photometric by default: the previous small grey image warped by the same flow must
-match the new one (no extra flow). `forward_backward` adds the classic forward-backward check, at
-the cost of one more DIS per flow.
+Where flow is unreliable (the anchor's grey image, warped by the flow, does not look like this
+frame's: occlusions, flow that failed), the last matte is kept at that pixel instead, with a soft
+weight so nothing tears; a keyframe's result then fades in as the flow becomes trusted again.
+`forward_backward` adds the classic forward-backward check at one more DIS per flow (off: on
+scripts/eval_live.py it cost moving-edge accuracy, as it also rejects the good flow along
+moving edges).
 
-A scene cut (a large change of the whole small grey image between two frames) stops the carrying:
-the last matte is held as it is and the first keyframe from the new scene is taken as it arrives
-(carried within the new scene, never blended with the old scene's matte).
+A scene cut (the picture does not match the anchor's even after following the flow) stops the
+carrying: the last matte is held as it is and the first keyframe from the new scene is taken as it
+arrives (carried within the new scene, never blended with the old scene's matte). A keyframe from
+before the cut arriving after it is shown as it is (it is still the newest network result).
 
-Costs per frame, 640x480 camera, flow at 320x240 (field notes): grey + resize ~0.25 ms, DIS ~0.6,
-remaps ~0.5, upsample ~0.2; one more DIS and remap per keyframe. `cv2.setNumThreads` is
-process-wide and so is left to the application.
+Costs per frame, 640x480 camera, flow at 320x240 (field notes; one core): grey + resize ~0.2 ms,
+DIS ~0.6, two remaps and the residual ~0.5, upsample ~0.4; one more DIS and remap per keyframe.
+`cv2.setNumThreads` is process-wide and so is left to the application.
 """
 
 from __future__ import annotations
@@ -45,12 +51,16 @@ class PropagationParams:
     """Run the network at most on every k-th frame (1 = whenever it is free)."""
     flow_width: int = 320
     """Width of the small grey images that flow runs on (height keeps the aspect ratio)."""
+    flow_finest_scale: int = 2
+    """DIS's finest pyramid level: 2 = the ultrafast preset's (flow on 4x4-pixel cells of the small
+    image); 1 = twice finer, about twice the DIS time, sharper moving edges (BENCHMARKS.md)."""
     history: int = 120
     """Frames whose small grey images are kept to carry a late keyframe forward. A keyframe older
     than that is carried from the oldest kept frame (the motion before it is not known)."""
-    residual: float = 0.06
-    """Grey-level residual (0..1) after warping above which a pixel's flow starts to be distrusted."""
-    residual_range: float = 0.08
+    residual: float = 0.1
+    """Grey-level residual (0..1) after warping above which a pixel's flow starts to be distrusted
+    (lenient: stricter values also reject good flow along moving edges, where the matte lags)."""
+    residual_range: float = 0.1
     """Residual above `residual` over which trust falls from 1 to 0 (soft: no hard seams)."""
     forward_backward: bool = False
     """Also check each flow against the flow the other way (one more DIS per frame and keyframe)."""
@@ -63,7 +73,12 @@ class PropagationParams:
     cut (motion leaves about 0.002 on a camera picture, a cut 0.05-0.3)."""
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("keyframe_every", 1, 1000), ("flow_width", 16, 4096), ("history", 1, 100_000)):
+        for name, lo, hi in (
+            ("keyframe_every", 1, 1000),
+            ("flow_width", 16, 4096),
+            ("flow_finest_scale", 0, 4),
+            ("history", 1, 100_000),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigError(f"propagation.{name}: {value!r} is not an integer in {lo}..{hi}")
@@ -94,8 +109,11 @@ def small_grey(image: np.ndarray, width: int) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-def new_dis() -> cv2.DISOpticalFlow:
-    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+def new_dis(finest_scale: int = 2) -> cv2.DISOpticalFlow:
+    """DIS with the ultrafast preset (optionally stopping at a finer pyramid level)."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    dis.setFinestScale(finest_scale)
+    return dis
 
 
 def dense_flow(
@@ -241,7 +259,8 @@ class Propagator:
 
     def __init__(self, params: PropagationParams | None = None) -> None:
         self.params = params or PropagationParams()
-        self._dis = new_dis()
+        self._dis = new_dis(self.params.flow_finest_scale)
+        self._dis_scale = self.params.flow_finest_scale
         self.keyframes = 0
         """Keyframe results taken."""
         self.cuts = 0
@@ -289,6 +308,8 @@ class Propagator:
             self._history.clear()
             self._matte = self._anchor = self._flow = None
             return self.current()
+        if params.flow_finest_scale != self._dis_scale:
+            self._dis, self._dis_scale = new_dis(params.flow_finest_scale), params.flow_finest_scale
         grey = small_grey(image, params.flow_width)
         if self._history and self._history[-1].grey.shape != grey.shape:
             # flow_width changed: the stored images cannot be compared; restart from the matte.

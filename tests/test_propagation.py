@@ -229,6 +229,8 @@ def test_newest_keyframe_is_used_as_is_and_off_means_the_newest_result():
         prop = Propagator(params)
         assert prop.step(0, image) is None
         prop.keyframe(0, alpha)
+        # The network kept up (its result is for the newest frame): used as it is, no flow.
+        assert np.array_equal(prop.current(), cv2.resize(alpha, (W, H), interpolation=cv2.INTER_LINEAR))
         image1, _ = scene.frame(translation(1))
         out = prop.step(1, image1)
         assert out.shape == (H, W) and out.dtype == np.float32
