@@ -256,3 +256,28 @@ def test_keyframe_checks_and_history():
     # An older result than the one in use is ignored.
     prop.keyframe(1, np.zeros((H, W), np.float32))
     assert prop.keyframes == 1
+
+
+def test_settings_change_mid_stream_and_frame_size_resets():
+    """Live controls replace `.params`: switching off gives the newest result as it is, switching
+    back on or changing the flow width restarts the flow history without losing the matte."""
+    scene = Scene()
+    frames = [scene.frame(translation(i)) for i in range(16)]
+    prop = Propagator()
+    outs = []
+    for i, (image, _) in enumerate(frames):
+        if i == 4:
+            prop.params = PropagationParams(enabled=False)
+        elif i == 7:
+            prop.params = PropagationParams()
+        elif i == 10:
+            prop.params = PropagationParams(flow_width=160)
+        out = prop.step(i, image)
+        outs.append(out)
+        if i in (1, 8, 12):
+            prop.keyframe(i - 1, noisy(frames[i - 1][1], i))
+    assert outs[0] is None and all(o.shape == (H, W) for o in outs[2:])
+    assert np.array_equal(outs[5], cv2.resize(noisy(frames[0][1], 1), (W, H)))  # off: as it is
+    assert mad(outs[15], frames[15][1]) < mad(cv2.resize(noisy(frames[11][1], 12), (W, H)), frames[15][1])
+    # Another frame size: a new stream, nothing carried over.
+    assert prop.step(16, np.zeros((60, 80, 3), np.uint8)) is None
