@@ -3,7 +3,8 @@
 Each scene moves a textured subject (its texture moves with it) over a textured background; the
 truth is the subject's matte warped the same way. The propagated matte must be clearly closer to
 the truth than the stale keyframe matte (what a live job shows without propagation), and never
-torn (few pixels off by more than half).
+torn: its worst frame no worse than the stale matte's worst, and fewer pixels off by more than
+half (holes, smears, pieces left behind) than the stale matte has at its worst.
 """
 
 import cv2
