@@ -52,8 +52,8 @@ class PropagationParams:
     flow_width: int = 320
     """Width of the small grey images that flow runs on (height keeps the aspect ratio)."""
     flow_finest_scale: int = 2
-    """DIS's finest pyramid level: 2 = the ultrafast preset's (flow on 4x4-pixel cells of the small
-    image); 1 = twice finer, about twice the DIS time, sharper moving edges (BENCHMARKS.md)."""
+    """DIS's finest pyramid level: 2 = the ultrafast preset's (flow found at a quarter of the small
+    image's resolution); 1 = at half, about twice the DIS time, sharper moving edges (BENCHMARKS.md)."""
     history: int = 120
     """Frames whose small grey images are kept to carry a late keyframe forward. A keyframe older
     than that is carried from the oldest kept frame (the motion before it is not known)."""
