@@ -10,7 +10,12 @@ Metrics (mean absolute values, alpha in 0..1):
   MAD             |a - truth| over all pixels
   MAD moving edge |a - truth| on soft-edge pixels whose ground truth changed
 
+With `--propagated LATENCY...` the smoother is also fed what a live job now gives every camera
+frame: the network's results (arriving LATENCY s late) carried to each frame by
+streamer.propagation. Its rows count resets too (a keyframe gap must not be one).
+
     python scripts/eval_temporal.py [--fps 30] [--seconds 8] [--size 320x240] [--strength 0.5]
+    python scripts/eval_temporal.py --propagated 1.0 0.7
 """
 
 from __future__ import annotations
