@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from streamer.model.deform import deform_conv2d_gather
+
 # Every resize inside the network is bilinear with align_corners=True (spec.md notation).
 
 
@@ -26,6 +28,24 @@ def _deform_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+GATHER_ON_CPU = True
+"""Run deformable convolutions on the CPU as gather + convolution (`deform.py`) where that is faster.
+Only benchmarks turn it off, to time torchvision's operator in the same process."""
+
+GATHER_MIN_SAMPLES = 0
+"""Below this many bilinear samples (Ho * Wo * k * k) torchvision's operator is kept: measured on
+the model's shapes by scripts/bench_torch_cpu.py (BENCHMARKS.md, "Torch CPU path")."""
+
+
+def use_gather(x: torch.Tensor, offset: torch.Tensor) -> bool:
+    """The gathered form on the CPU (any float dtype; torchvision has no bfloat16 kernel there) for
+    maps large enough to repay its setup; torchvision's operator on other devices."""
+    if not GATHER_ON_CPU or x.device.type != "cpu":
+        return False
+    samples = offset.shape[1] // 2 * offset.shape[2] * offset.shape[3]
+    return samples >= GATHER_MIN_SAMPLES or x.dtype == torch.bfloat16
+
+
 class DeformableConv2d(nn.Module):
     """Modulated deformable convolution (DCNv2): offsets and a 0..2 modulation predicted from x."""
 
@@ -40,6 +60,8 @@ class DeformableConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.offset_conv(x)
         mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
+        if use_gather(x, offset):
+            return deform_conv2d_gather(x, offset, self.regular_conv.weight, mask, self.padding)
         dtype = _deform_dtype(x)
         y = deform_conv2d(
             x.to(dtype),
