@@ -78,6 +78,11 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, 
     return build(hp, wp, window, shift, device, dtype)
 
 
+FUSED_CPU_ATTENTION = True
+"""Hand SDPA 4-D q/k/v on the CPU, which its fused kernel takes (5-D ones fall back to its math
+path). Only benchmarks turn it off, to time the 5-D call in the same process."""
+
+
 class WindowAttention(nn.Module):
     def __init__(self, dim: int, heads: int, window: int):
         super().__init__()
@@ -96,12 +101,22 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, nW, N, D) windows; mask: additive (nW, 1, N, N) or None."""
         b, nw, n, d = x.shape
-        qkv = self.qkv(x).view(b, nw, n, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, hd)
-        attn_mask = self.bias().to(x.dtype)
+        heads = self.heads
+        qkv = self.qkv(x).view(b, nw, n, 3, heads, d // heads).permute(3, 0, 1, 4, 2, 5)
+        attn_mask = self.bias().to(x.dtype)  # (heads, N, N)
         if mask is not None:
-            attn_mask = attn_mask + mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            attn_mask = attn_mask + mask  # (nW, heads, N, N)
+        if FUSED_CPU_ATTENTION and x.device.type == "cpu":
+            # Without a shift mask windows fold into the batch; with one, into the heads, so that
+            # the per-window mask broadcasts over the batch instead of being copied per image.
+            rows = (b * nw, heads) if mask is None else (b, nw * heads)
+            q, k, v = qkv.reshape(3, *rows, n, d // heads).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.reshape(1, -1, n, n))
+            out = out.view(b, nw, heads, n, d // heads)
+        else:
+            # Other devices keep the 5-D call until a GPU measures the 4-D one.
+            q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, d))
 
 

@@ -1,0 +1,40 @@
+"""Window attention on the CPU: the 4-D SDPA call against explicit softmax attention and the 5-D call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from streamer.model import swin
+
+
+def reference(attn: swin.WindowAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    b, nw, n, d = x.shape
+    hd = d // attn.heads
+    q, k, v = attn.qkv(x).view(b, nw, n, 3, attn.heads, hd).permute(3, 0, 1, 4, 2, 5).unbind(0)
+    scores = (q * hd**-0.5) @ k.transpose(-1, -2) + attn.bias()
+    if mask is not None:
+        scores = scores + mask
+    out = scores.softmax(-1) @ v
+    return attn.proj(out.transpose(2, 3).reshape(b, nw, n, d))
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize(("dim", "heads", "window", "side"), [(96, 3, 7, 14), (64, 2, 4, 8)])
+def test_fused_cpu_attention(monkeypatch, shifted, dim, heads, window, side):
+    torch.manual_seed(0)
+    attn = swin.WindowAttention(dim, heads, window).eval()
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=0.5)
+    nw = (side // window) ** 2
+    x = torch.randn(2, nw, window * window, dim)
+    mask = swin.make_shift_mask(side, side, window, window // 2, x.device, x.dtype) if shifted else None
+    with torch.inference_mode():
+        # Only the fused kernel is allowed: a fall back to the math path raises here.
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            fused = attn(x, mask)
+        monkeypatch.setattr(swin, "FUSED_CPU_ATTENTION", False)
+        five_d = attn(x, mask)
+        expected = reference(attn, x, mask)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(five_d, expected, rtol=0, atol=1e-5)
