@@ -116,6 +116,18 @@ def test_matches_fixture_both_orders_on_cuda(recipe_model, name, dtype, toleranc
         assert np.abs(pred - fx[key]).max() <= tolerance, order
 
 
+@pytest.mark.parametrize("name", ["lite-160x288"])
+def test_matches_fixture_both_orders_in_bfloat16_on_cpu(recipe_model, name):
+    # bfloat16 on the CPU runs the gathered deformable convolution in bfloat16 too.
+    fx = load_fixture(name)
+    model = copy.deepcopy(recipe_model(name.split("-")[0])).to(torch.bfloat16)
+    logits = run_both_orders(model, torch.from_numpy(fx["input"]).to(torch.bfloat16))
+    for order, key in ORDERS.items():
+        assert logits[order].dtype == torch.bfloat16
+        pred = torch.sigmoid(logits[order].float()).numpy()
+        assert np.abs(pred - fx[key]).max() <= 1e-2, order
+
+
 def test_forward_runs_the_default_order(recipe_model):
     fx = load_fixture("lite-160x288")
     with torch.inference_mode():
