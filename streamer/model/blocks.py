@@ -32,18 +32,17 @@ GATHER_ON_CPU = True
 """Run deformable convolutions on the CPU as gather + convolution (`deform.py`) where that is faster.
 Only benchmarks turn it off, to time torchvision's operator in the same process."""
 
-GATHER_MIN_SAMPLES = 0
+GATHER_MIN_SAMPLES = 256
 """Below this many bilinear samples (Ho * Wo * k * k) torchvision's operator is kept: measured on
 the model's shapes by scripts/bench_torch_cpu.py (BENCHMARKS.md, "Torch CPU path")."""
 
 
 def use_gather(x: torch.Tensor, offset: torch.Tensor) -> bool:
-    """The gathered form on the CPU (any float dtype; torchvision has no bfloat16 kernel there) for
-    maps large enough to repay its setup; torchvision's operator on other devices."""
+    """The gathered form on the CPU for maps large enough to repay its setup (in bfloat16 it also
+    saves torchvision's float32 round trip); torchvision's operator on other devices."""
     if not GATHER_ON_CPU or x.device.type != "cpu":
         return False
-    samples = offset.shape[1] // 2 * offset.shape[2] * offset.shape[3]
-    return samples >= GATHER_MIN_SAMPLES or x.dtype == torch.bfloat16
+    return offset.shape[1] // 2 * offset.shape[2] * offset.shape[3] >= GATHER_MIN_SAMPLES
 
 
 class DeformableConv2d(nn.Module):
