@@ -142,12 +142,10 @@ def bench_attention(args) -> None:
 
 def bench_model(args) -> None:
     print("\n### Whole network, recipe weights (s per forward: median, min)\n")
-    cols = ["old fp32", "new fp32"] + (["new bf16"] if "bfloat16" in args.dtypes else [])
-    head = "| model | input | " + " | ".join(cols) + " | new fp32 speed-up |"
-    if "bfloat16" in args.dtypes:
-        head += " new bf16 speed-up | max sigmoid diff fp32 / bf16 |"
-    else:
-        head += " max sigmoid diff fp32 |"
+    cols = ["old fp32", "new fp32"] + (["new fp32 + oneDNN linear"] if args.onednn_linear else [])
+    cols += ["new bf16"] if "bfloat16" in args.dtypes else []
+    head = "| model | input | " + " | ".join(cols) + " | " + " | ".join(f"{c} speed-up" for c in cols[1:])
+    head += " | max sigmoid diff (" + " / ".join(cols[1:]) + ") |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     models = {}
@@ -167,7 +165,16 @@ def bench_model(args) -> None:
             with old_kernels():
                 return model(x)
 
+        def onednn(model=model, x=x):
+            swin.ONEDNN_CPU_LINEAR = True
+            try:
+                return model(x)
+            finally:
+                swin.ONEDNN_CPU_LINEAR = False
+
         contenders = {"old fp32": old, "new fp32": lambda model=model, x=x: model(x)}
+        if args.onednn_linear:
+            contenders["new fp32 + oneDNN linear"] = onednn
         if low is not None:
             contenders["new bf16"] = lambda low=low, x=x: low(x.bfloat16()).float()
         t = interleaved(contenders, args.model_rounds, args.model_budget)
@@ -192,9 +199,14 @@ def main() -> int:
     )
     parser.add_argument("--maps", nargs="+", type=int, default=[8, 16, 32, 64, 128])
     parser.add_argument("--models", nargs="+", default=["lite:256", "lite:512", "portrait:256"])
-    parser.add_argument("--rounds", type=int, default=7, help="rounds per operator shape")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per operator shape")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per operator shape at most")
-    parser.add_argument("--model-rounds", type=int, default=5)
+    parser.add_argument(
+        "--onednn-linear",
+        action="store_true",
+        help="also time the backbone's linear layers as 1x1 convolutions",
+    )
+    parser.add_argument("--model-rounds", type=int, default=4)
     parser.add_argument("--model-budget", type=float, default=120.0, help="seconds per model size at most")
     args = parser.parse_args()
     parts = args.parts or ["deform", "attention", "model"]

@@ -38,3 +38,15 @@ def test_fused_cpu_attention(monkeypatch, shifted, dim, heads, window, side):
         expected = reference(attn, x, mask)
     torch.testing.assert_close(fused, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(five_d, expected, rtol=0, atol=1e-5)
+
+
+def test_onednn_linear_matches_linear(monkeypatch):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 80)
+    x = torch.randn(2, 3, 5, 48)
+    with torch.inference_mode():
+        expected = layer(x)
+        monkeypatch.setattr(swin, "ONEDNN_CPU_LINEAR", True)
+        out = swin.linear(layer, x)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)

@@ -78,6 +78,20 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, 
     return build(hp, wp, window, shift, device, dtype)
 
 
+ONEDNN_CPU_LINEAR = False
+"""Run the backbone's float32 linear layers on the CPU as oneDNN 1x1 convolutions over channels-last
+tokens instead of torch's GEMM (MKL), whose float32 kernels are slow on some CPUs."""
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if not (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32):
+        return layer(x)
+    d = x.shape[-1]
+    tokens = x.reshape(1, -1, 1, d).permute(0, 3, 1, 2)  # (1, D, tokens, 1) in channels-last memory
+    y = F.conv2d(tokens, layer.weight[:, :, None, None], layer.bias)
+    return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], -1)
+
+
 FUSED_CPU_ATTENTION = True
 """Hand SDPA 4-D q/k/v on the CPU, which its fused kernel takes (5-D ones fall back to its math
 path). Only benchmarks turn it off, to time the 5-D call in the same process."""
@@ -102,7 +116,7 @@ class WindowAttention(nn.Module):
         """x: (B, nW, N, D) windows; mask: additive (nW, 1, N, N) or None."""
         b, nw, n, d = x.shape
         heads = self.heads
-        qkv = self.qkv(x).view(b, nw, n, 3, heads, d // heads).permute(3, 0, 1, 4, 2, 5)
+        qkv = linear(self.qkv, x).view(b, nw, n, 3, heads, d // heads).permute(3, 0, 1, 4, 2, 5)
         attn_mask = self.bias().to(x.dtype)  # (heads, N, N)
         if mask is not None:
             attn_mask = attn_mask + mask  # (nW, heads, N, N)
@@ -117,7 +131,7 @@ class WindowAttention(nn.Module):
             # Other devices keep the 5-D call until a GPU measures the 4-D one.
             q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(2, 3).reshape(b, nw, n, d))
+        return linear(self.proj, out.transpose(2, 3).reshape(b, nw, n, d))
 
 
 class Mlp(nn.Module):
@@ -128,7 +142,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, self.act(linear(self.fc1, x)))
 
 
 class SwinBlock(nn.Module):
@@ -169,7 +183,7 @@ class PatchMerging(nn.Module):
         _, h, w, _ = x.shape
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
+        return linear(self.reduction, self.norm(x))
 
 
 class SwinStage(nn.Module):
