@@ -1,13 +1,16 @@
 """The torch CPU path before and after its CPU kernels, interleaved in one process; markdown tables.
 
-"old" is torchvision's `deform_conv2d` and a 5-D SDPA call in the window attention (what the
-model ran before and still runs on CUDA); "new" is the gathered deformable convolution
-(`streamer/model/deform.py`, where `use_gather` picks it) and 4-D SDPA. Three parts:
+"old" is torchvision's `deform_conv2d`, a 5-D SDPA call in the window attention and torch's GEMM
+for the backbone's linear layers (what the model ran before and still runs on CUDA); "new" is the
+gathered deformable convolution (`streamer/model/deform.py`, where `use_gather` picks it) and 4-D
+SDPA; "+ oneDNN linear" adds the backbone's linear layers as oneDNN 1x1 convolutions (all three
+are the CPU default now). Three parts:
 
 1. every deformable-convolution shape of the model (64 -> 256 channels, k = 1, 3, 7, maps 8..128):
    torchvision vs gathered, fp32 (and the gathered one in bf16 with `--dtypes ... bfloat16`);
 2. window attention of the first Swin stage (lite and portrait), shifted and not: 5-D vs 4-D SDPA;
-3. the whole network (recipe weights) at the given sizes: old fp32, new fp32, new bf16, with the
+3. the whole network (recipe weights) at the given sizes: old fp32, new fp32 (with
+   `--onednn-linear` also new fp32 + oneDNN linear), new bf16 (all CPU kernels on), with the
    largest sigmoid difference from old fp32.
 
 Each round runs every contender once in turn; medians over rounds. Run it alone:
@@ -39,12 +42,22 @@ from streamer.model.recipe import make_state_dict  # noqa: E402
 
 @contextmanager
 def old_kernels():
-    saved = blocks.GATHER_ON_CPU, swin.FUSED_CPU_ATTENTION
-    blocks.GATHER_ON_CPU = swin.FUSED_CPU_ATTENTION = False
+    saved = blocks.GATHER_ON_CPU, swin.FUSED_CPU_ATTENTION, swin.ONEDNN_CPU_LINEAR
+    blocks.GATHER_ON_CPU = swin.FUSED_CPU_ATTENTION = swin.ONEDNN_CPU_LINEAR = False
     try:
         yield
     finally:
-        blocks.GATHER_ON_CPU, swin.FUSED_CPU_ATTENTION = saved
+        blocks.GATHER_ON_CPU, swin.FUSED_CPU_ATTENTION, swin.ONEDNN_CPU_LINEAR = saved
+
+
+@contextmanager
+def linear_via(onednn: bool):
+    saved = swin.ONEDNN_CPU_LINEAR
+    swin.ONEDNN_CPU_LINEAR = onednn
+    try:
+        yield
+    finally:
+        swin.ONEDNN_CPU_LINEAR = saved
 
 
 def interleaved(contenders: dict, rounds: int, budget: float) -> dict[str, list[float]]:
@@ -166,13 +179,14 @@ def bench_model(args) -> None:
                 return model(x)
 
         def onednn(model=model, x=x):
-            swin.ONEDNN_CPU_LINEAR = True
-            try:
+            with linear_via(True):
                 return model(x)
-            finally:
-                swin.ONEDNN_CPU_LINEAR = False
 
-        contenders = {"old fp32": old, "new fp32": lambda model=model, x=x: model(x)}
+        def new(model=model, x=x):
+            with linear_via(False):
+                return model(x)
+
+        contenders = {"old fp32": old, "new fp32": new}
         if args.onednn_linear:
             contenders["new fp32 + oneDNN linear"] = onednn
         if low is not None:
