@@ -81,7 +81,7 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device, 
 ONEDNN_CPU_LINEAR = True
 """Run the backbone's float32 linear layers on the CPU as oneDNN 1x1 convolutions over channels-last
 tokens instead of torch's GEMM (MKL), whose float32 kernels are slow on some CPUs (this project's
-AMD EPYC: 1.1-1.35x on the whole network, BENCHMARKS.md "Torch CPU path"). Same result within float
+AMD EPYC: 1.11-1.36x on the whole network, BENCHMARKS.md "Torch CPU path"). Same result within float
 rounding; bfloat16 already goes through oneDNN."""
 
 
