@@ -25,6 +25,20 @@ class Job:
     compositor: Any
     live: bool
     batch_size: int
+    propagation: Any = None
+    """`streamer.live.core.Settings` of a live job: keyframe interval and propagation on/off."""
+
+    def stages(self) -> list:
+        """Live: one live core (keyframes, propagation, smoothing, compositing); files: the lossless
+        batch chain, smoothing and compositing with the same `Finisher`."""
+        from streamer.pipeline.stages import Finisher, FinishStage, InferStage
+
+        finisher = Finisher(self.smoother, self.compositor)
+        if self.live:
+            from streamer.live.core import LiveStage
+
+            return [LiveStage(self.engine, finisher, self.propagation)]
+        return [InferStage(self.engine), FinishStage(finisher)]
 
 
 def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
@@ -33,6 +47,10 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
     source = open_source(args.source, live=args.live, fps=args.fps, width=args.width, height=args.height)
     live = source.info.live if args.live is None else args.live
     config, flatten = with_default_mode(config, args)
+    if live and is_file(args.source):
+        from streamer.sources.pace import PacedSource
+
+        source = PacedSource(source)  # `--live` plays a file at its own rate, as a camera would
     sinks: list = []
     try:
         for spec in args.sink:
@@ -49,7 +67,17 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
         source.close()
         raise
     batch = 1 if live else config.model.batch_size
-    return Job(source, sinks, engine, smoother, compositor, live, batch)
+    from streamer.live.core import Settings
+
+    return Job(source, sinks, engine, smoother, compositor, live, batch, Settings(config.propagation))
+
+
+def is_file(spec: str) -> bool:
+    """A video file, image or folder on disk (not a camera or a network stream)."""
+    from streamer.sources.open import kind_of
+    from streamer.sources.video import scheme_of
+
+    return kind_of(spec) != "webcam" and scheme_of(spec) in (None, "file")
 
 
 def carries_alpha(spec: str) -> bool:
@@ -159,11 +187,13 @@ _COMMANDS = {
     "mirror": ("compositor", "composite", "mirror"),
     "smoothing": ("smoother", "smoothing", "enabled"),
     "strength": ("smoother", "smoothing", "strength"),
+    "propagation": ("propagation", "propagation", "enabled"),
+    "keyframes": ("propagation", "propagation", "keyframe_every"),
 }
 
 
 class Controls:
-    """Live changes typed on stdin, e.g. `mode blur`, `blur 30`, `smoothing off`.
+    """Live changes typed on stdin, e.g. `mode blur`, `blur 30`, `smoothing off`, `keyframes 3`.
 
     The pipeline keeps running: the new Params object replaces the old one between frames
     (an attribute assignment, atomic for the stage threads that read it).
@@ -183,6 +213,8 @@ class Controls:
             return f"unknown command {line.strip()!r} (type 'help')"
         target_name, section, key = _COMMANDS[words[0]]
         target = getattr(self.job, target_name)
+        if target is None:
+            return f"not changed: {section}.{key} applies to live jobs only"
         try:
             target.params = update_params(target.params, section, key, words[1].strip())
         except (ConfigError, StreamerError) as err:

@@ -6,8 +6,8 @@ import pytest
 
 from streamer.config import load_config
 from streamer.job import Controls, Job, build_processing
+from streamer.live.core import Settings
 from streamer.pipeline.runner import Pipeline
-from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
 from tests.harness import ListSink, ListSource, make_frames
 
 
@@ -26,7 +26,7 @@ def job(recipe_weights):
         },
     )
     engine, smoother, compositor = build_processing(config)
-    return Job(None, [], engine, smoother, compositor, live=True, batch_size=1)
+    return Job(None, [], engine, smoother, compositor, live=True, batch_size=1, propagation=Settings())
 
 
 def test_commands_replace_params_and_reject_bad_values(job):
@@ -36,6 +36,10 @@ def test_commands_replace_params_and_reject_bad_values(job):
     assert controls.apply("color #0000ff") == "composite.color = (0, 0, 255)"
     assert controls.apply("smoothing off") == "smoothing.enabled = False"
     assert controls.apply("strength 0.8") == "smoothing.strength = 0.8"
+    assert controls.apply("keyframes 3") == "propagation.keyframe_every = 3"
+    assert controls.apply("propagation off") == "propagation.enabled = False"
+    assert job.propagation.params.keyframe_every == 3 and not job.propagation.params.enabled
+    assert controls.apply("keyframes 0").startswith("not changed: propagation.keyframe_every")
     assert job.compositor.params.mode == "blur" and job.compositor.params.blur_radius == 40
     assert not job.smoother.params.enabled
     reply = controls.apply("mode sparkle")
@@ -49,8 +53,7 @@ async def test_change_applies_to_the_running_pipeline(job):
     # Enough camera for a very slow machine (20 s); the test stops it once the change has shown.
     frames = make_frames(600, size=(48, 64))
     sink = ListSink()
-    stages = [InferStage(job.engine), SmoothStage(job.smoother), CompositeStage(job.compositor)]
-    pipe = Pipeline(ListSource(frames, live=True, interval=0.03), stages, [sink], live=True)
+    pipe = Pipeline(ListSource(frames, live=True, interval=0.03), job.stages(), [sink], live=True)
     task = asyncio.create_task(pipe.run())
     while not sink.frames and not task.done():
         await asyncio.sleep(0.02)

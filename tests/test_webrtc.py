@@ -361,8 +361,12 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         # The model size is the shared engine's: it changes between two batches, for every peer.
         status, reply = await client.post("/params", {"size": 96})
         assert status == 200 and reply["size"] == [96, 96]
-        await client.wait_frames(2)
-        assert server.worker.size == (96, 96) and engine.size == (96, 96)
+        # Frames keep flowing on propagated mattes meanwhile: wait for the worker's next batch.
+        deadline = time.monotonic() + 20
+        while server.worker.size != (96, 96):
+            assert time.monotonic() < deadline, "the worker never took the new size"
+            await client.wait_frames(1)
+        assert engine.size == (96, 96)
         await client.post("/params", {"size": 64})
         await client.wait_frames(2)
         await client.close()

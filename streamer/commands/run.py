@@ -16,7 +16,6 @@ from streamer.commands import options
 from streamer.config import OutputParams, load_config
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError
 from streamer.pipeline.runner import Pipeline
-from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
 from streamer.signals import exit_status, install_stop_handlers
 
 
@@ -57,13 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--live",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="force the live (drop) or file policy",
+        help="force the live policy (a file then plays at its own frame rate, as a camera) or the file policy",
     )
     live.add_argument(
         "--controls",
         choices=("auto", "stdin", "off"),
         default="auto",
-        help="read live commands ('mode blur', 'blur 30', 'smoothing off') from stdin (auto: live + terminal)",
+        help="read live commands ('mode blur', 'blur 30', 'keyframes 3') from stdin (auto: live + terminal)",
     )
     p.set_defaults(handler=run)
 
@@ -96,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
 async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
     from streamer.job import Controls, Progress
 
+    stages = job.stages()
     pipeline = Pipeline(
         job.source,
-        [InferStage(job.engine), SmoothStage(job.smoother), CompositeStage(job.compositor)],
+        stages,
         job.sinks,
         live=job.live,
         batch_size=job.batch_size,
@@ -136,6 +136,9 @@ async def _run_job(job, args: argparse.Namespace, output: OutputParams) -> int:
             controls.stop(loop)
         remove_handlers()
     print(stats.summary(), file=sys.stderr)
+    for stage in stages:
+        if summary := getattr(stage, "summary", None):
+            print(summary(), file=sys.stderr)
     damage = getattr(job.source, "damage", None)
     if damage:
         print(f"streamer: warning: {damage.summary()}", file=sys.stderr)

@@ -2,13 +2,14 @@
 
 Endpoints (JSON unless noted):
   GET  /                 the page (static/index.html); GET /static/... its script and style
-  GET  /config           {"mode": "camera"|"source", "size": [h, w], "composite": {...}, "smoothing": {...}}
+  GET  /config           {"mode": "camera"|"source", "size": [h, w], "composite", "smoothing", "propagation"}
   POST /offer            {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "peer"}
   POST /close            {"peer"}: hang up and free the peer
-  POST /params           {"peer", "composite": {...}, "smoothing": {...}, "size": N}
+  POST /params           {"peer", "composite": {...}, "smoothing": {...}, "propagation": {...}, "size": N}
   POST /background?peer= raw image bytes (PNG/JPEG): this peer's background picture
-  GET  /stats?peer=      counters of that peer (fps, latency, drops, inference time); "compat": which
-                         aiortc patches are in use (streamer.live.aiortc_compat)
+  GET  /stats?peer=      counters of that peer (delivered fps, latency, drops, keyframe rate, the
+                         network's time); "compat": which aiortc patches are in use
+                         (streamer.live.aiortc_compat)
 Mistakes in a request get HTTP 400 with a one-line message naming the problem and the fix.
 """
 
@@ -36,9 +37,12 @@ from streamer.config import update_params
 from streamer.errors import ConfigError
 from streamer.live import aiortc_compat
 from streamer.live.aiortc_compat import answered_video_codec, release_on_marker, use_live_encoder
-from streamer.live.peer import Finisher, PeerSession
+from streamer.live.core import Settings
+from streamer.live.peer import PeerSession
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
+from streamer.pipeline.stages import Finisher
+from streamer.propagation import PropagationParams
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +116,12 @@ class LiveServer:
         *,
         hub: SourceHub | None = None,
         compose_threads: int = 2,
+        propagation: PropagationParams | None = None,
     ) -> None:
         self.worker = worker
         self.make_finisher = make_finisher
+        self.propagation = propagation or PropagationParams()
+        """Each new peer's starting keyframe and propagation settings (a peer may change its own)."""
         self.peers: dict[str, PeerSession] = {}
         self.hub = hub
         self._uploads = itertools.count(1)
@@ -190,13 +197,21 @@ class LiveServer:
                 "size": list(self.worker.size) if self.worker.size else None,
                 "composite": _plain(self._template.compositor.params),
                 "smoothing": _plain(smoother.params) if smoother is not None else None,
+                "propagation": _plain(self.propagation),
             }
         )
 
     async def offer(self, request: web.Request) -> web.Response:
         description = _check_offer(await _json_body(request))
         pc = RTCPeerConnection()
-        peer = PeerSession(pc, self.worker, self.make_finisher(), self.executor, on_closed=self._forget)
+        peer = PeerSession(
+            pc,
+            self.worker,
+            self.make_finisher(),
+            self.executor,
+            on_closed=self._forget,
+            settings=Settings(self.propagation),
+        )
         self.peers[peer.id] = peer
 
         @pc.on("track")
@@ -243,10 +258,12 @@ class LiveServer:
     async def params(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         peer = self._peer(body.get("peer"))
-        composite, smoothing = body.get("composite") or {}, body.get("smoothing") or {}
-        if not isinstance(composite, dict) or not isinstance(smoothing, dict):
-            raise BadRequest("params: 'composite' and 'smoothing' must be JSON objects of settings")
-        peer.update(composite, smoothing)
+        sections = [body.get(name) or {} for name in ("composite", "smoothing", "propagation")]
+        if not all(isinstance(section, dict) for section in sections):
+            raise BadRequest(
+                "params: 'composite', 'smoothing' and 'propagation' must be JSON objects of settings"
+            )
+        peer.update(*sections)
         if body.get("size") is not None:
             # Validated like `--size`; applied by the worker thread between two batches.
             model = update_params(self.worker.engine.params, "model", "size", body["size"])
@@ -256,6 +273,7 @@ class LiveServer:
             {
                 "composite": _plain(finisher.compositor.params),
                 "smoothing": _plain(finisher.smoother.params) if finisher.smoother is not None else None,
+                "propagation": _plain(peer.stream.settings.params),
                 "size": list(self.worker.requested_size or ()),
             }
         )

@@ -1,10 +1,11 @@
-"""One browser connection: its frames in, its own smoothing and compositing, its video out.
+"""One browser connection: its frames in, its own live stream, its video out.
 
 Two tasks per peer. The reader pulls every incoming frame as soon as it arrives (aiortc's
-remote track buffers without limit otherwise) and offers it to the peer's worker slot,
-where the newest frame wins. The finisher awaits each matted frame, smooths and
-composites it in the shared compositing pool (blocking tensor work stays off the event
-loop) and publishes it to the outgoing track, which aiortc pulls at its own pace.
+remote track buffers without limit otherwise) and offers it to the peer's `LiveStream`
+(`streamer.live.core`, the same core as `streamer run`'s live jobs): every frame is
+propagated, smoothed and composited in the shared compositing pool (blocking work stays off
+the event loop), the network runs on keyframes in the shared worker, and each finished frame
+is published to the outgoing track, which aiortc pulls at its own pace.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from av import VideoFrame
 
 from streamer.config import update_params
 from streamer.frame import Frame
+from streamer.live.core import LiveStream, Settings
 from streamer.live.stats import LatencyWindow, RateMeter
 from streamer.live.tracks import LatestFrameTrack
-from streamer.live.worker import InferenceWorker, SlotClosed
+from streamer.live.worker import InferenceWorker
+from streamer.pipeline.stages import Finisher
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +86,6 @@ def _as_frame(item: Frame | Arrival) -> Frame:
     return frame_from_video(item) if isinstance(item, Arrival) else item
 
 
-class Finisher:
-    """Smoothing then compositing for one peer; both keep per-stream state."""
-
-    def __init__(self, smoother, compositor) -> None:
-        self.smoother = smoother
-        self.compositor = compositor
-
-    def __call__(self, frame: Frame) -> VideoFrame:
-        alpha = frame.alpha
-        if self.smoother is not None:
-            alpha = self.smoother(alpha, frame.image, frame.time)
-        return video_from_output(self.compositor(frame.image, alpha, frame.time), frame)
-
-
 class PeerSession:
     def __init__(
         self,
@@ -105,30 +94,50 @@ class PeerSession:
         finisher: Finisher,
         executor: Executor,
         on_closed: Callable[[PeerSession], Awaitable[None] | None] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.id = f"peer-{next(_ids)}"
         self.pc = pc
         self.worker = worker
-        self.finisher = finisher
-        self._executor = executor
         self._on_closed = on_closed
-        self.slot = worker.open_slot(self.id, prepare=_as_frame)
+        # The same live core as `streamer run`: every frame out, the network on keyframes.
+        self.stream = LiveStream(
+            worker,
+            finisher,
+            settings,
+            name=self.id,
+            executor=executor,
+            tolerate_errors=True,
+            prepare=_as_frame,
+            present=lambda frame: video_from_output(frame.output, frame),
+        )
         self.latency = LatencyWindow()
         self.fps = RateMeter()
-        self.track = LatestFrameTrack(on_sent=self._sent, on_done=self.slot.sent)
+        self.track = LatestFrameTrack(on_sent=self._sent)
         self.received = 0
-        self.errors = 0
         self.video_out: str | None = None
         """The outgoing codec and whose encoder runs it, once negotiated (e.g. "VP8 (streamer encoder)")."""
         self._inputs: list[MediaStreamTrack] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing: asyncio.Task | None = None
-        self._spawn(self._finish_frames(), "finish")
+        self._spawn(self.stream.run(self._publish), "finish")
 
         @pc.on("connectionstatechange")
         async def _state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 self.close_soon()
+
+    @property
+    def finisher(self) -> Finisher:
+        return self.stream.finisher
+
+    @property
+    def slot(self):
+        return self.stream.slot
+
+    @property
+    def errors(self) -> int:
+        return self.stream.errors
 
     # -- inputs ---------------------------------------------------------------------------------
     def attach_track(self, track: MediaStreamTrack) -> None:
@@ -153,51 +162,51 @@ class PeerSession:
 
     def _offer(self, frame: Frame | Arrival) -> None:
         self.received += 1
-        self.slot.put(frame)
+        self.stream.offer(frame)
 
     # -- output ---------------------------------------------------------------------------------
-    async def _finish_frames(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await self.slot.get()
-                video = await loop.run_in_executor(self._executor, self.finisher, frame)
-            except SlotClosed:
-                return
-            except Exception:  # one bad frame must not end the call
-                self.errors += 1
-                log.exception("%s: could not process a frame", self.id)
-                continue
-            self.track.publish(video, frame.captured_at)
+    def _publish(self, frame: Frame) -> None:
+        self.track.publish(frame.meta["presented"], frame.captured_at)
 
     def _sent(self, latency_s: float) -> None:
         self.latency.add(latency_s)
         self.fps.tick()
 
     # -- controls and stats ---------------------------------------------------------------------
-    def update(self, composite: dict | None = None, smoothing: dict | None = None) -> None:
+    def update(
+        self, composite: dict | None = None, smoothing: dict | None = None, propagation: dict | None = None
+    ) -> None:
         """Replace this peer's parameters without reconnecting; loose values (JSON, form strings)
         are validated like the config file, and a bad one raises ConfigError and changes nothing."""
         compositor, smoother = self.finisher.compositor, self.finisher.smoother
+        settings = self.stream.settings
         new_composite = _updated(compositor.params, "composite", composite)
         new_smoothing = _updated(smoother.params, "smoothing", smoothing) if smoother is not None else None
+        new_propagation = _updated(settings.params, "propagation", propagation)
         compositor.params = new_composite
         if smoother is not None:
             smoother.params = new_smoothing
+        if new_propagation != settings.params:
+            settings.params = new_propagation
 
     def stats(self) -> dict:
         p50, p95 = self.latency.percentile(50), self.latency.percentile(95)
+        live = self.stream.stats()
         return {
             "peer": self.id,
             "state": self.pc.connectionState,
             "received": self.received,
             "sent": self.track.sent,
-            "dropped": self.slot.dropped + self.track.dropped,
+            "dropped": self.stream.dropped + self.track.dropped,
             "errors": self.errors,
             "fps": round(self.fps.rate(), 2),
             "latency_ms_p50": None if p50 is None else round(p50 * 1000, 1),
             "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
-            "infer_ms": round(self.worker.stats.last_infer_s * 1000, 1),
+            "keyframe_hz": live["keyframe_hz"],
+            "keyframes": live["keyframes"],
+            "propagated": live["propagated"],
+            "frame_ms_p95": live["frame_ms_p95"],
+            "infer_ms": live["infer_ms"],
             "batch": self.worker.stats.last_batch_size,
             "peers": self.worker.peers,
             "size": list(self.worker.size) if self.worker.size else None,
@@ -220,7 +229,7 @@ class PeerSession:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        self.slot.close()
+        self.stream.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from streamer.config import JobConfig
 from streamer.errors import ConfigError
 from streamer.live.app import LiveServer
-from streamer.live.peer import Finisher
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
+from streamer.pipeline.stages import Finisher
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def build_server(config: JobConfig, source: str | None = None, engine=None) -> L
         return engine
 
     worker = InferenceWorker(engine, resize=resize, size=tuple(config.model.size))
-    return LiveServer(worker, finisher_factory(config.composite, config.smoothing, engine.device), hub=hub)
+    finishers = finisher_factory(config.composite, config.smoothing, engine.device)
+    return LiveServer(worker, finishers, hub=hub, propagation=config.propagation)
 
 
 def load_engine(params):

@@ -1,7 +1,7 @@
 """A server-side source shared by every previewing peer.
 
 One thread reads the source (blocking `frames()`), paces files to their frame rate so a
-preview plays in real time, loops files when they end, and hands the newest frame to the
+preview plays in real time (`streamer.sources.pace`), loops files when they end, and hands the newest frame to the
 event loop. Peers subscribe and get the latest frame each time one arrives; a slow peer
 skips frames instead of queueing them.
 
@@ -22,6 +22,7 @@ from fractions import Fraction
 
 from streamer.frame import Frame
 from streamer.sources.base import Source
+from streamer.sources.pace import paced
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +103,12 @@ class SourceHub:
             self._hand_over(None)
 
     def _play(self, source: Source) -> None:
-        interval = 1.0 / source.info.fps if (source.info.fps and not source.info.live) else 0.0
-        due = time.monotonic()
-        for frame in source.frames():
+        frames = source.frames()
+        if not source.info.live:
+            frames = paced(frames, sleep=self._stop.wait)  # a file plays in real time
+        for frame in frames:
             if self._stop.is_set():
                 return
-            if interval:
-                # Real-time pace; after a stall (slow decode) start again from now instead of rushing.
-                due = max(due + interval, time.monotonic() - 1.0)
-                self._stop.wait(max(0.0, due - time.monotonic()))
             now = time.monotonic()
             frame.captured_at = now
             frame.pts = round((now - self._started_at) / CLOCK)

@@ -29,9 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from streamer.frame import Frame
+from streamer.pipeline.stages import predict_alphas
 from streamer.priority import BACKGROUND_NICE, lower_thread_priority
 
 log = logging.getLogger(__name__)
@@ -78,6 +77,8 @@ class WorkerSlot:
         self.interval: float | None = None
         """Smoothed seconds between two frames put (None until there were two)."""
         self._in_flight = False
+        self.last_taken: object | None = None
+        """The last item the engine took (what `put` was given), for callers that pace their offers."""
         self._unsent = False
         """A result was delivered and the peer has not said it went out yet."""
         self._result: Frame | BaseException | None = None
@@ -91,6 +92,11 @@ class WorkerSlot:
     @property
     def busy(self) -> bool:
         return self._in_flight
+
+    @property
+    def last_infer_s(self) -> float:
+        """Seconds the worker's last batch spent in the engine (0 before the first)."""
+        return self._worker.stats.last_infer_s
 
     def put(self, frame: Frame | object) -> None:
         """Offer the newest frame; never blocks (the older waiting frame, if any, is dropped).
@@ -153,6 +159,7 @@ class WorkerSlot:
             return None
         frame, self._waiting = self._waiting, None
         self._in_flight = True
+        self.last_taken = frame
         return frame
 
     # Called on the event loop.
@@ -295,7 +302,7 @@ class InferenceWorker:
             try:
                 frames = [slot._prepare(item) if slot._prepare else item for slot, item in batch]
                 started = self.clock()  # the engine's time only, not the RGB conversion
-                alphas = self._predict([frame.image for frame in frames])
+                alphas = predict_alphas(self.engine, [frame.image for frame in frames])
                 results: list[Frame | BaseException] = []
                 infer_s = self.clock() - started
                 for frame, alpha in zip(frames, alphas, strict=True):
@@ -330,14 +337,6 @@ class InferenceWorker:
             self.size = size
         except Exception:
             log.exception("could not change the model size to %sx%s", *size)
-
-    def _predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        # Same-sized frames go in as one batch tensor; mixed sizes as a list (the engine resizes each).
-        if len(images) == 1:
-            return [self.engine.predict(images[0])]
-        if len({tuple(image.shape) for image in images}) == 1:
-            return list(self.engine.predict(torch.stack(images)).unbind(0))
-        return list(self.engine.predict(images))
 
     def _record(self, batch_size: int, seconds: float) -> None:
         stats = self.stats

@@ -104,7 +104,10 @@ class Pipeline:
                 for i, stage in enumerate(self.stages):
                     # Live: capture, compositing and the sinks must not wait behind the network.
                     ex = executor(stage.name, background=self.live and getattr(stage, "compute_bound", False))
-                    group.create_task(self._run_stage(loop, ex, stage, hops[i], hops[i + 1]))
+                    if hasattr(stage, "drive"):  # a stage with its own flow (streamer.live.core)
+                        group.create_task(self._drive_stage(ex, stage, hops[i], hops[i + 1]))
+                    else:
+                        group.create_task(self._run_stage(loop, ex, stage, hops[i], hops[i + 1]))
                 group.create_task(self._fan_out(hops[-1], sink_queues))
                 for i, (sink, queue, ex) in enumerate(
                     zip(self.sinks, sink_queues, sink_executors, strict=True)
@@ -148,6 +151,12 @@ class Pipeline:
 
         await loop.run_in_executor(ex, pump)
         await out.put(END)
+
+    async def _drive_stage(self, ex, stage, inq, outq) -> None:
+        try:
+            await stage.drive(ex, inq, outq, lambda seconds: self.stats.record_stage(stage.name, seconds, 1))
+        except Exception as err:
+            raise _stage_error(stage.name, err) from err
 
     async def _run_stage(self, loop, ex, stage: Stage, inq, outq) -> None:
         while True:

@@ -1,8 +1,11 @@
-"""The processing stages between source and sinks.
+"""The processing stages between source and sinks, and the two steps every path shares.
 
-A stage is a small object with one method, `__call__(frames) -> frames`, that fills in more
-fields of the frames it is given. It blocks (GPU or CPU work) and the runner calls it from
-the stage's own thread, so the event loop never waits on it.
+`predict_alphas` (frames -> mattes, one engine call) is used by the file pipeline's
+`InferStage` and by the live worker; `Finisher` (smoothing, then compositing) by the file
+pipeline's `FinishStage` and by the live core. A stage is a small object with one method,
+`__call__(frames) -> frames`, that fills in more fields of the frames it is given. It blocks
+(GPU or CPU work) and the runner calls it from the stage's own thread, so the event loop
+never waits on it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,34 @@ class Stage(Protocol):
     def __call__(self, frames: list[Frame]) -> list[Frame]: ...
 
 
+def predict_alphas(engine, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One engine call for all `images` (uint8 (H, W, 3)); each matte at its own frame's size."""
+    if len(images) == 1:
+        return [engine.predict(images[0])]
+    if len({tuple(image.shape) for image in images}) == 1:
+        # One stacked tensor lets the engine resize the whole batch in one call.
+        return list(engine.predict(torch.stack(images)).unbind(0))
+    return list(engine.predict(images))
+
+
+class Finisher:
+    """Smoothing then compositing of one stream (both keep per-stream state): sets
+    `frame.alpha` to the smoothed matte and `frame.output` to the picture the sinks get.
+
+    `.smoother` may be None (no smoothing); the params of both may be replaced between frames."""
+
+    def __init__(self, smoother, compositor) -> None:
+        self.smoother = smoother
+        self.compositor = compositor
+
+    def __call__(self, frame: Frame, alpha: torch.Tensor) -> Frame:
+        if self.smoother is not None:
+            alpha = self.smoother(alpha, frame.image, frame.time)
+        frame.alpha = alpha
+        frame.output = self.compositor(frame.image, alpha, frame.time)
+        return frame
+
+
 class InferStage:
     """Sets `frame.alpha` with the matting engine, one engine call per batch."""
 
@@ -31,40 +62,21 @@ class InferStage:
         self.engine = engine
 
     def __call__(self, frames: list[Frame]) -> list[Frame]:
-        images = [f.image for f in frames]
-        if len({tuple(img.shape) for img in images}) == 1:
-            # One stacked tensor lets the engine resize the whole batch in one call.
-            alphas = list(self.engine.predict(torch.stack(images)))
-        else:
-            alphas = self.engine.predict(images)
+        alphas = predict_alphas(self.engine, [f.image for f in frames])
         for frame, alpha in zip(frames, alphas, strict=True):
             frame.alpha = alpha
         return frames
 
 
-class SmoothStage:
-    """Steadies `frame.alpha` over time (state is per stream, so one stage per source)."""
+class FinishStage:
+    """The file pipeline's smoothing and compositing: the same `Finisher` live streams use."""
 
-    name = "smooth"
+    name = "finish"
 
-    def __init__(self, smoother) -> None:
-        self.smoother = smoother
-
-    def __call__(self, frames: list[Frame]) -> list[Frame]:
-        for frame in frames:
-            frame.alpha = self.smoother(frame.alpha, frame.image, frame.time)
-        return frames
-
-
-class CompositeStage:
-    """Turns (image, alpha) into `frame.output`, the picture the sinks receive."""
-
-    name = "composite"
-
-    def __init__(self, compositor) -> None:
-        self.compositor = compositor
+    def __init__(self, finisher: Finisher) -> None:
+        self.finisher = finisher
 
     def __call__(self, frames: list[Frame]) -> list[Frame]:
         for frame in frames:
-            frame.output = self.compositor(frame.image, frame.alpha, frame.time)
+            self.finisher(frame, frame.alpha)
         return frames
