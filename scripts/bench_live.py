@@ -1,32 +1,27 @@
-"""Live latency of `streamer serve`: a paced synthetic camera through the shared worker.
+"""Live delivery of the live core (`streamer.live.core`): a paced synthetic camera, every frame out.
 
-Two paths, each at every frame size asked for:
+Two paths, each at every frame size, model size and keyframe interval asked for:
 
-- direct: frames go straight into a peer (worker slot -> smoothing + compositing -> the
-  latest-frame output track), and the track is pulled the way aiortc's sender pulls it;
-  latency = capture -> pulled from the track.
-- webrtc: an in-process aiortc client sends the synthetic track (VP8) to the real aiohttp app
-  over loopback and receives the composited video back; latency = handed to the client's
-  sender -> the last RTP packet of that frame back at the client. The client keeps a map
-  pts -> send time and reads the pts the server copied onto the returned frame (aiortc adds a
-  random RTP timestamp origin per sender; the benchmark fixes it at 0 so the pts comes back
-  unchanged). Arrival, not decode, ends the measure because the client's (stock aiortc)
-  jitter buffer releases a frame only when the *next* frame's first packet arrives: at the
-  low frame rates of a CPU that would add a whole output interval that a browser (and the
-  server, see streamer.live.aiortc_compat) never waits. Decoding one frame adds a few ms.
+- direct: `streamer run`'s live pipeline (the camera as a paced source -> the live core -> a
+  sink doing the virtual camera's per-frame work: RGB -> I420). Latency = capture -> written by
+  the sink, for every delivered frame.
+- webrtc: `streamer serve`'s app with an in-process aiortc client (the stand-in for a browser)
+  that sends the synthetic camera (VP8) over loopback and receives the composited video back;
+  `fps` = frames received back per second; latency = handed to the client's sender -> the last
+  RTP packet of that frame back at the client (the server copies each frame's pts onto its
+  output; aiortc's random RTP timestamp origin is fixed at 0 so the pts come back unchanged).
 
-Both report latency p50/p95, delivered fps, drops, mean inference time, the share of time the
-worker waited for fresher frames (`fresh_wait`) and for results to be sent (`quiet`; both in
-streamer.live.worker) and the largest depth seen of each hand-over point (slot waiting/in
-flight/result, output track), whose bounds are 1.
-Target: p95 latency <= inference time + 2 frame intervals, judged per frame: `over` is a frame's
-latency minus the time its own batch spent in the engine (so a busy machine's slow inference
-does not hide or excuse the overhead), and `met` says whether over_p95 <= 2 frame intervals.
-`over` is split into four hops, each as p50/p95 ms: to_server (client encode, network, server
-decode), wait (for the worker, plus the hand-overs around the engine), compose (smoothing and
-compositing) and back (server encode, network). Weights: the deterministic recipe (speed does
-not depend on weight values). Usage:
-    python scripts/bench_live.py --frame-sizes 640x480,1280x720 --model-size 256 --duration 30
+Each row: delivered fps against the camera's, the share of delivered frames whose matte was
+carried by flow (`propagated`), the keyframe rate and the network's mean time a pass, latency
+p50/p95 and its drift (median of the last third minus the first), the live core's time per frame
+(propagation, smoothing, compositing), frames dropped anywhere, the largest queue depths seen
+(pipeline queues / the stream's backlog: bounds 1 and 2), and the load average. Weights: the
+deterministic recipe (speed does not depend on weight values). With `--device cuda` and no CUDA
+GPU it prints that it skipped and exits 0. Usage (this machine's rows, then a GPU's):
+
+    python scripts/bench_live.py --frame-sizes 640x480,1280x720 --modes color,blur --duration 300
+    python scripts/bench_live.py --device cuda --variant portrait --model-size 512,1024 \
+        --frame-sizes 1920x1080 --fps 60 --keyframe-every 1,2 --paths direct --duration 30
 """
 
 from __future__ import annotations
@@ -34,6 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import itertools
+import os
 import sys
 import tempfile
 import time
@@ -55,13 +53,17 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket  # noqa: E402
 from av import VideoFrame  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-import streamer.live.app  # noqa: E402
 from streamer.config import load_config, parse_assignment, parse_size  # noqa: E402
 from streamer.frame import Frame  # noqa: E402
-from streamer.live.peer import PeerSession  # noqa: E402
+from streamer.job import Job, build_processing  # noqa: E402
+from streamer.live.core import Settings  # noqa: E402
 from streamer.live.serve import build_server  # noqa: E402
 from streamer.live.stats import percentile  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
+from streamer.pipeline.runner import Pipeline  # noqa: E402
+from streamer.sinks.vcam import encode, to_rgb  # noqa: E402
+from streamer.sources.base import SourceInfo  # noqa: E402
+from streamer.sources.pace import paced  # noqa: E402
 
 CLOCK = Fraction(1, 90000)
 
@@ -86,170 +88,6 @@ def synthetic_frames(size: tuple[int, int], count: int = 30, grain: float = 0.0)
             image += rng.normal(0.0, grain, image.shape).astype(np.float32)
         frames.append(image.clip(0, 255).astype(np.uint8))
     return frames
-
-
-class Depths:
-    """Largest depth seen at each hand-over point of a peer, sampled every few ms."""
-
-    def __init__(self) -> None:
-        self.max = {"waiting": 0, "in_flight": 0, "result": 0, "track": 0}
-
-    def sample(self, peer: PeerSession) -> None:
-        slot = peer.slot
-        now = {
-            "waiting": int(slot._waiting is not None),
-            "in_flight": int(slot.busy),
-            "result": int(slot._result is not None),
-            "track": int(peer.track._fresh.is_set()),
-        }
-        for key, value in now.items():
-            self.max[key] = max(self.max[key], value)
-
-    async def watch(self, peers) -> None:
-        while True:
-            for peer in list(peers()):
-                self.sample(peer)
-            await asyncio.sleep(0.005)
-
-
-class Measures:
-    """Per returned frame: end-to-end latency and the inference time of that very frame."""
-
-    def __init__(self) -> None:
-        self.sent_at: dict[int, float] = {}
-        """pts -> capture (or send) time."""
-        self.infer_s: dict[int, float] = {}
-        """pts -> seconds its batch spent in the engine (recorded by the server's finisher)."""
-        self.server_times: dict[int, tuple[float, float, float]] = {}
-        """pts -> (reached the server, compositing started, compositing done), server side."""
-        self.latencies: list[float] = []
-        self.overheads: list[float] = []
-        self.hops: list[tuple[float, float, float, float]] = []
-
-    def returned(self, pts: int, at: float) -> None:
-        sent = self.sent_at.pop(pts, None)
-        if sent is None:
-            return
-        infer = self.infer_s.pop(pts, 0.0)
-        self.latencies.append(at - sent)
-        self.overheads.append(at - sent - infer)
-        if (times := self.server_times.pop(pts, None)) is not None:
-            reached, composing, composed = times
-            self.hops.append(
-                (reached - sent, composing - reached - infer, composed - composing, at - composed)
-            )
-
-
-class RecordingFinisher:
-    """The server's finisher, noting each frame's inference time by pts."""
-
-    def __init__(self, inner, measures: Measures) -> None:
-        self.inner, self.measures = inner, measures
-        self.compositor, self.smoother = inner.compositor, inner.smoother
-
-    def __call__(self, frame):
-        self.measures.infer_s[frame.pts] = frame.meta["infer_s"]
-        started = time.monotonic()
-        result = self.inner(frame)
-        # captured_at is when the frame reached the server: decoded (webrtc) or made (direct).
-        self.measures.server_times[frame.pts] = (frame.captured_at, started, time.monotonic())
-        return result
-
-
-def ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
-
-
-def row(path, size, duration, measures: Measures, delivered, dropped, server, fps, depths) -> dict:
-    lat, over = measures.latencies, measures.overheads
-    infer = [a - b for a, b in zip(lat, over, strict=True)]
-    budget = 2 / fps
-    p95_over = percentile(over, 95)
-    stats = server.worker.stats
-
-    def share(seconds: float) -> str:  # of the worker's engine time
-        return f"{seconds / max(stats.total_infer_s, 1e-9):.1%}"
-
-    return {
-        "path": path,
-        "frame": f"{size[0]}x{size[1]}",
-        "s": round(duration),
-        "lat_p50": ms(percentile(lat, 50)),
-        "lat_p95": ms(percentile(lat, 95)),
-        "infer_p50": ms(percentile(infer, 50)),
-        "infer_p95": ms(percentile(infer, 95)),
-        "over_p50": ms(percentile(over, 50)),
-        "over_p95": ms(p95_over),
-        "met": "yes" if p95_over is not None and p95_over <= budget else "no",
-        "fps_out": round(delivered / duration, 2),
-        "drops": dropped,
-        "batches": stats.batches,
-        # Time the worker waited for fresher frames, then for results to be sent before the next batch.
-        "fresh_wait": share(stats.fresh_wait_s),
-        "quiet": share(stats.quiet_wait_s),
-        "max_depth": "/".join(str(v) for v in depths.max.values()),
-        **hop_columns(measures.hops),
-        "drift": drift_ms(lat),
-    }
-
-
-HOPS = ("to_server", "wait", "compose", "back")
-
-
-def hop_columns(hops: list[tuple[float, ...]]) -> dict[str, str]:
-    """p50/p95 ms of each part of `over`: capture -> server (encode, send, decode), waiting for the
-    worker (plus the hand-overs around the engine), compositing, server -> client (encode, send)."""
-    columns = {}
-    for name, values in zip(HOPS, zip(*hops, strict=True) if hops else [[]] * len(HOPS), strict=True):
-        columns[name] = f"{ms(percentile(list(values), 50))}/{ms(percentile(list(values), 95))}"
-    return columns
-
-
-def drift_ms(latencies: list[float]) -> int | None:
-    """Median latency of the last third minus that of the first: > 0 when delay builds up."""
-    third = len(latencies) // 3
-    if third == 0:
-        return None
-    return round((percentile(latencies[-third:], 50) - percentile(latencies[:third], 50)) * 1000)
-
-
-async def paced(fps: float, duration: float):
-    """Yield frame numbers on a 1/fps grid for `duration` seconds (skipping none)."""
-    start = time.monotonic()
-    n = 0
-    while (due := start + n / fps) < start + duration:
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        yield n
-        n += 1
-
-
-async def bench_direct(server, measures, size, duration, fps, grain) -> dict:
-    pictures = [torch.from_numpy(p) for p in synthetic_frames(size, grain=grain)]
-    await server._startup(None)
-    peer = PeerSession(RTCPeerConnection(), server.worker, server.make_finisher(), server.executor)
-
-    async def camera():
-        async for n in paced(fps, duration):
-            measures.sent_at[n * 3000] = now = time.monotonic()
-            yield Frame(pictures[n % len(pictures)], n * 3000, CLOCK, n, now)
-
-    async def sender():  # pulls like aiortc's RTCRtpSender
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                measures.returned((await peer.track.recv()).pts, time.monotonic())
-
-    depths = Depths()
-    watcher = asyncio.ensure_future(depths.watch(lambda: [peer]))
-    pull = asyncio.ensure_future(sender())
-    started = time.monotonic()
-    await peer._read_frames(camera())
-    elapsed = time.monotonic() - started
-    watcher.cancel()
-    delivered, dropped = peer.track.sent, peer.slot.dropped + peer.track.dropped
-    await peer.close()
-    pull.cancel()
-    await server._cleanup(None)
-    return row("direct", size, elapsed, measures, delivered, dropped, server, fps, depths)
 
 
 class StampedTrack(VideoStreamTrack):
@@ -321,63 +159,211 @@ def fixed_rtp_origin() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
-async def bench_webrtc(server, measures, size, duration, fps, grain) -> dict:
+class Camera:
+    """The synthetic camera as a live source: `fps` frames a second for `duration` seconds."""
+
+    def __init__(self, size, fps: float, duration: float, grain: float) -> None:
+        self.pictures = [torch.from_numpy(p) for p in synthetic_frames(size, grain=grain)]
+        self.count = int(duration * fps)
+        self.fps = fps
+        self.info = SourceInfo(size[0], size[1], fps, CLOCK, None, True, description="synthetic camera")
+        self._stop = False
+
+    def frames(self):
+        step = round(1 / (self.fps * CLOCK))
+        made = (
+            Frame(self.pictures[n % len(self.pictures)], n * step, CLOCK, n, 0.0) for n in range(self.count)
+        )
+        for frame in paced(made):
+            if self._stop:
+                return
+            yield frame  # stamped with its capture time by the pipeline as it reads it
+
+    def close(self) -> None:
+        self._stop = True
+
+
+class VcamWork:
+    """A sink doing the virtual camera's per-frame work (`streamer.sinks.vcam`: RGB, then I420)
+    without a device; the pipeline times capture -> written."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.first: tuple[float, int] | None = None
+        """(when, camera index) of the first frame written: the end of the start-up."""
+
+    def write(self, frame: Frame) -> None:
+        started = time.perf_counter()
+        self.first = self.first or (time.monotonic(), frame.index)
+        array = frame.output.numpy()
+        encode(to_rgb(array if array.ndim == 3 else array[..., None], (0, 0, 0)), "i420")
+        self.seconds.append(time.perf_counter() - started)
+
+    def close(self) -> None:
+        pass
+
+
+def ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def pair(values: list[float]) -> str:
+    return f"{ms(percentile(values, 50))}/{ms(percentile(values, 95))}"
+
+
+def drift_ms(latencies: list[float]) -> int | None:
+    """Median latency of the last third minus that of the first: > 0 when delay builds up."""
+    third = len(latencies) // 3
+    if third == 0:
+        return None
+    return round((percentile(latencies[-third:], 50) - percentile(latencies[:third], 50)) * 1000)
+
+
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+@dataclasses.dataclass
+class Case:
+    path: str
+    size: tuple[int, int]
+    model_size: tuple[int, int]
+    keyframe_every: int
+    mode: str
+
+
+def make_config(args, weights: Path, case: Case):
+    model = {"variant": args.variant, "weights": str(weights), "size": case.model_size, "device": args.device}
+    overrides = {
+        "model": model,
+        "composite": {"mode": case.mode, "refine_foreground": False},
+        "propagation": {"keyframe_every": case.keyframe_every},
+    }
+    for text in args.set:
+        section, key, value = parse_assignment(text)
+        overrides.setdefault(section, {})[key] = value
+    return load_config(None, overrides)
+
+
+def common(case: Case, duration: float, fps: float, delivered: int, lat: list[float], live) -> dict:
+    """`duration`: from the first frame delivered (the first network result) to the end."""
+    core, worker = live.core.stats, live.worker.stats
+    return {
+        "path": case.path,
+        "frame": f"{case.size[0]}x{case.size[1]}",
+        "model": "x".join(map(str, case.model_size)),
+        "mode": case.mode,
+        "k": case.keyframe_every,
+        "s": round(duration),
+        "cam_fps": fps,
+        "fps": round(delivered / duration, 2),
+        "propagated": f"{core.propagated / max(1, core.delivered):.1%}",
+        "key_hz": round(core.keyframes / duration, 2),
+        "infer_ms": ms(worker.mean_infer_s),
+        "lat_p50": ms(percentile(lat, 50)),
+        "lat_p95": ms(percentile(lat, 95)),
+        "drift": drift_ms(lat),
+    }
+
+
+async def bench_direct(args, weights: Path, case: Case) -> dict:
+    config = make_config(args, weights, case)
+    engine, smoother, compositor = build_processing(config)
+    engine.predict(torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))  # warm up
+    camera = Camera(case.size, args.fps, args.duration, args.grain)
+    sink = VcamWork()
+    job = Job(camera, [sink], engine, smoother, compositor, True, 1, Settings(config.propagation))
+    stages = job.stages()
+    before = load()
+    started = time.monotonic()
+    stats = await Pipeline(camera, stages, [sink], live=True).run()
+    ended = time.monotonic()
+    stream = stages[0].stream
+    first_at, first_index = sink.first
+    delivered = stats.frames_out[0]
+    row = common(case, ended - first_at, args.fps, delivered, stats.latencies, stream)
+    row |= {
+        "startup_s": round(first_at - started, 1),
+        "camera": camera.count - first_index,
+        "delivered": delivered,
+        # From the first delivered frame on: frames dropped anywhere after it.
+        "drops": camera.count - first_index - delivered,
+        "frame_ms": pair(stats.stage_seconds["live"]),
+        "sink_ms": pair(sink.seconds),
+        "max_depth": f"{stats.max_queue_depth}/{stream.max_backlog}",
+        "load": f"{before} -> {load()}",
+    }
+    return row
+
+
+async def bench_webrtc(args, weights: Path, case: Case) -> dict:
+    config = make_config(args, weights, case)
+    server = build_server(config)
+    server.worker.engine.predict(torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))
     runner = web.AppRunner(server.build())
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, args.host, 0)
     await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    base = f"http://{args.host}:{runner.addresses[0][1]}"
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
     pc = RTCPeerConnection()
-    track = StampedTrack(size, fps, measures.sent_at, grain)
+    track = StampedTrack(case.size, args.fps, sent_at, args.grain)
     transceiver = pc.addTransceiver(track, direction="sendrecv")
     steady_rate(transceiver.sender)
     arrivals = arrival_times(transceiver.receiver)
     received = 0
+
+    first: list[tuple[float, int]] = []
 
     async def receive(remote) -> None:
         nonlocal received
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await remote.recv()
+                if not first:
+                    first.append((time.monotonic(), track.n))
                 received += 1
-                measures.returned(frame.pts, arrivals.pop(frame.pts, time.monotonic()))
+                if (sent := sent_at.pop(frame.pts, None)) is not None:
+                    latencies.append(arrivals.pop(frame.pts, time.monotonic()) - sent)
 
     readers = []
     pc.on("track", lambda remote: readers.append(asyncio.ensure_future(receive(remote))))
     await pc.setLocalDescription(await pc.createOffer())
+    before = load()
     async with aiohttp.ClientSession() as http:
         offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
         async with http.post(f"{base}/offer", json=offer) as response:
             answer = await response.json()
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        depths = Depths()
-        watcher = asyncio.ensure_future(depths.watch(server.peers.values))
-        await asyncio.sleep(duration)
-        watcher.cancel()
+        peer = server.peers[answer["peer"]]
+        max_backlog = 0
+        started = time.monotonic()
+        while (left := started + args.duration - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.01))
+            max_backlog = max(max_backlog, len(peer.stream._frames))
+        ended, sent = time.monotonic(), track.n
         async with http.get(f"{base}/stats", params={"peer": answer["peer"]}) as response:
             stats = await response.json()
-    # Frames sent but never returned: dropped by the server (newest wins) or lost on the way.
-    lost = track.n - received
+        first_at, first_n = first[0] if first else (ended, sent)
+        row = common(case, ended - first_at, args.fps, received, latencies, peer.stream)
+    # From the first frame back on: frames sent but never returned (dropped by the server or
+    # lost on the way; the frames in flight at the end count too).
+    row |= {
+        "startup_s": round(first_at - started, 1),
+        "camera": sent - first_n,
+        "delivered": received,
+        "drops": f"{sent - first_n - received} ({stats['dropped']} server)",
+        "frame_ms": f"-/{stats['frame_ms_p95']}",
+        "sink_ms": "-",
+        "max_depth": f"-/{max_backlog}",
+        "load": f"{before} -> {load()}",
+    }
     await pc.close()
     for reader in readers:
         reader.cancel()
     await runner.cleanup()
-    result = row("webrtc", size, duration, measures, received, lost, server, fps, depths)
-    result["drops"] = f"{lost} ({stats['dropped']} server)"
-    return result
-
-
-def make_server(args, weights: Path, measures: Measures):
-    model = {"variant": args.variant, "weights": str(weights), "size": args.model_size, "device": args.device}
-    overrides = {"model": model, "composite": {"mode": args.mode}}
-    for text in args.set:
-        section, key, value = parse_assignment(text)
-        overrides.setdefault(section, {})[key] = value
-    config = load_config(None, overrides)
-    server = build_server(config)
-    make = server.make_finisher
-    server.make_finisher = lambda: RecordingFinisher(make(), measures)
-    return server
+    return row
 
 
 def print_table(rows: list[dict]) -> None:
@@ -391,43 +377,47 @@ def print_table(rows: list[dict]) -> None:
 
 async def main_async(args, weights: Path) -> list[dict]:
     rows = []
-    for path in args.paths.split(","):
-        if path not in ("direct", "webrtc"):
-            raise SystemExit(f"bench_live: unknown path {path!r} (use direct, webrtc or direct,webrtc)")
-        for size in args.frame_sizes:
-            measures = Measures()
-            server = make_server(args, weights, measures)
-            bench = bench_direct if path == "direct" else bench_webrtc
-            # Warm the model first so the first batch's start-up cost is not in the figures.
-            server.worker.engine.predict(torch.zeros(size[1], size[0], 3, dtype=torch.uint8))
-            rows.append(await bench(server, measures, size, args.duration, args.fps, args.grain))
-            print(rows[-1], file=sys.stderr, flush=True)
+    cases = itertools.product(args.paths, args.frame_sizes, args.model_sizes, args.keyframe_every, args.modes)
+    for path, size, model_size, every, mode in cases:
+        case = Case(path, size, model_size, every, mode)
+        bench = bench_direct if path == "direct" else bench_webrtc
+        rows.append(await bench(args, weights, case))
+        print(rows[-1], file=sys.stderr, flush=True)
     return rows
+
+
+def split(text: str, kind):
+    return [kind(v) for v in text.split(",") if v]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frame-sizes", default="640x480,1280x720", help="camera sizes WxH, comma-separated")
-    parser.add_argument("--model-size", default="256", help="model input size (HxW or N)")
+    parser.add_argument("--model-size", default="256", help="model input sizes (HxW or N), comma-separated")
     parser.add_argument("--variant", default="lite")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mode", default="color", help="composite mode")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (skips cleanly without a GPU)")
+    parser.add_argument("--modes", default="color", help="composite modes, comma-separated (color,blur)")
+    parser.add_argument("--keyframe-every", default="1", help="keyframe intervals, comma-separated (1,2)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--paths", default="direct,webrtc", help="comma-separated: direct, webrtc")
     parser.add_argument("--grain", type=float, default=0.0, help="camera noise, std in levels (e.g. 4)")
     parser.add_argument(
-        "--stock-encoder",
-        action="store_true",
-        help="the server sends with aiortc's own VP8 encoder (streamer.live.aiortc_compat's baseline)",
+        "--host", default="127.0.0.1", help="address of the server (in a private namespace: 10.77.0.1)"
     )
     args = parser.parse_args()
-    args.frame_sizes = [tuple(int(v) for v in s.split("x")) for s in args.frame_sizes.split(",")]
-    args.model_size = parse_size(args.model_size)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench_live: skipped: --device cuda but no CUDA GPU is usable here")
+        return
+    args.frame_sizes = split(args.frame_sizes, lambda s: tuple(int(v) for v in s.split("x")))
+    args.model_sizes = split(args.model_size, parse_size)
+    args.keyframe_every = split(args.keyframe_every, int)
+    args.modes = split(args.modes, str)
+    args.paths = split(args.paths, str)
+    if unknown := set(args.paths) - {"direct", "webrtc"}:
+        raise SystemExit(f"bench_live: unknown path {sorted(unknown)[0]!r} (use direct, webrtc or both)")
     fixed_rtp_origin()
-    if args.stock_encoder:
-        streamer.live.app.use_live_encoder = lambda sender, codec: False
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / f"{args.variant}.safetensors"
         save_file(make_state_dict(args.variant), str(weights))

@@ -32,7 +32,7 @@ from streamer.config import parse_size  # noqa: E402
 from streamer.engine import EngineParams, MattingEngine  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
 from streamer.pipeline.runner import Pipeline  # noqa: E402
-from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage  # noqa: E402
+from streamer.pipeline.stages import Finisher, FinishStage, InferStage  # noqa: E402
 from streamer.sinks.open import open_sink  # noqa: E402
 from streamer.smoothing import SmoothingParams, TemporalSmoother  # noqa: E402
 from streamer.sources.open import open_source  # noqa: E402
@@ -60,8 +60,9 @@ def pipeline(engine, clip: Path, out: Path, batch: int, composite: CompositePara
     sink = open_sink(str(out), info=source.info, overwrite=True)
     stages = [
         InferStage(engine),
-        SmoothStage(TemporalSmoother(SmoothingParams(), engine.device)),
-        CompositeStage(Compositor(composite, engine.device)),
+        FinishStage(
+            Finisher(TemporalSmoother(SmoothingParams(), engine.device), Compositor(composite, engine.device))
+        ),
     ]
     pipe = Pipeline(source, stages, [sink], live=False, batch_size=batch)
     start = time.perf_counter()

@@ -244,6 +244,7 @@ class LiveStream:
         self.tolerate_errors = tolerate_errors
         self.offered = 0
         self.dropped = 0
+        self.max_backlog = 0
         self.errors = 0
         self._frames: collections.deque = collections.deque()
         self._results: collections.deque = collections.deque()
@@ -265,6 +266,7 @@ class LiveStream:
             self._frames.popleft()
             self.dropped += 1
         self._frames.append(item)
+        self.max_backlog = max(self.max_backlog, len(self._frames))
         self._wake.set()
 
     def end(self) -> None:
