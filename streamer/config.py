@@ -26,7 +26,6 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "composite": ("streamer.compose.compositor", "CompositeParams"),
     "output": ("streamer.config", "OutputParams"),
     "vcam": ("streamer.sinks.vcam", "VcamParams"),
-    "propagation": ("streamer.propagation", "PropagationParams"),
 }
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"

@@ -165,11 +165,13 @@ class LiveCore:
         if not params.enabled:
             self._propagator = self._propagator_params = None
             return None
-        if params is not self._propagator_params:
-            # New settings (or propagation just turned on): start over from the next keyframe.
+        if self._propagator is None:
+            # Just turned on: start from the next keyframe (results offered before are not its own).
             self._propagator = self._make_propagator(params)
-            self._propagator_params = params
             self._first_id = frame_id
+        elif params is not self._propagator_params:
+            self._propagator.params = params  # the propagator keeps its matte across new settings
+        self._propagator_params = params
         return self._propagator
 
     def _keyframe_due(self, frame_id: int, every: int) -> bool:
