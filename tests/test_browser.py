@@ -140,6 +140,16 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             red, green, blue = page.evaluate(READ_PIXELS)["mean"]
             assert red < 35 and green > 220 and blue > 220
             page.wait_for_function("document.querySelector('[data-stat=fps]')?.textContent > 0")
+            # The keyframe interval is a control of the page too; the stats show the network's rate.
+            page.fill("#propagation-keyframe_every", "3")
+            page.dispatch_event("#propagation-keyframe_every", "change")
+            ask = "window.streamer.postJSON('/params', {peer: window.streamer.state.peer})"
+            deadline = time.monotonic() + 10
+            while page.evaluate(ask)["propagation"]["keyframe_every"] != 3:
+                assert time.monotonic() < deadline, "the keyframe interval never reached the server"
+                page.wait_for_timeout(100)
+            page.wait_for_function("document.querySelector('[data-stat=keyframe_hz]')?.textContent > 0")
+            assert float(page.text_content("[data-stat=infer_ms]")) > 0
             # The browser decoded what the server's own VP8 encoder (streamer.live.aiortc_compat) sent.
             assert page.text_content("[data-stat=video]") == "VP8 (streamer encoder)"
             page.click("#stop")

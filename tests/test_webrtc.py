@@ -358,6 +358,12 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         assert stats["latency_ms_p50"] is not None and stats["size"] == [64, 64]
         assert stats["video"] == "VP8 (streamer encoder)"
         assert stats["compat"]["encoder"] == stats["compat"]["jitter_buffer"] == "ok"
+        assert stats["keyframes"] >= 1 and stats["infer_ms"] >= 0 and "keyframe_hz" in stats
+        status, reply = await client.post("/params", {"propagation": {"keyframe_every": 2}})
+        assert status == 200 and reply["propagation"]["keyframe_every"] == 2
+        assert server.peers[client.peer].stream.settings.params.keyframe_every == 2
+        status, reply = await client.post("/params", {"propagation": {"keyframe_every": 0}})
+        assert status == 400 and reply["error"].startswith("propagation.keyframe_every")
         # The model size is the shared engine's: it changes between two batches, for every peer.
         status, reply = await client.post("/params", {"size": 96})
         assert status == 200 and reply["size"] == [96, 96]

@@ -85,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if any(s == "webrtc" for s in args.sink):
         if len(args.sink) > 1:
             raise ConfigError("--sink webrtc cannot be combined with other sinks (run it as its own job)")
+        from streamer.commands.serve import with_live_defaults
         from streamer.live.serve import ServeParams, serve
 
-        return serve(ServeParams(source=args.source), config)
+        overrides = options.overrides_from_args(args, options.MODEL_OPTIONS)
+        return serve(ServeParams(source=args.source), with_live_defaults(config, args, overrides))
     job = build_job(args, config)
     return asyncio.run(_run_job(job, args, config.output))
 

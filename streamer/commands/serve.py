@@ -43,7 +43,12 @@ def config_from_args(args: argparse.Namespace):
     from streamer.config import load_config
 
     overrides = options.overrides_from_args(args, options.MODEL_OPTIONS, options.LOOK_OPTIONS)
-    config = load_config(args.config, overrides)
+    return with_live_defaults(load_config(args.config, overrides), args, overrides)
+
+
+def with_live_defaults(config, args: argparse.Namespace, overrides: dict):
+    """The live defaults of `serve` (also `run --sink webrtc`): unless a size is set, the model
+    runs at LIVE_SIZE."""
     if not size_given(args, overrides):
         config.sections["model"] = dataclasses.replace(config.model, size=LIVE_SIZE)
     return config

@@ -31,15 +31,17 @@ function gatheringDone(pc) {
   });
 }
 
-// The settings of every control the server knows, as {composite: {...}, smoothing: {...}}.
+const CONTROLS = "[id^='composite-'], [id^='smoothing-'], [id^='propagation-']";
+
+// The settings of every control the server knows, as {composite: {...}, smoothing: {...}, propagation: {...}}.
 function controlValues() {
-  const values = { composite: {}, smoothing: {} };
-  for (const element of document.querySelectorAll("[id^='composite-'], [id^='smoothing-']")) {
+  const values = { composite: {}, smoothing: {}, propagation: {} };
+  for (const element of document.querySelectorAll(CONTROLS)) {
     const [section, key] = element.id.split("-");
     const known = state.config && state.config[section];
     if (!known || !(key in known)) continue;
     values[section][key] = element.type === "checkbox" ? element.checked
-      : element.type === "range" ? Number(element.value) : element.value;
+      : element.type === "range" || element.type === "number" ? Number(element.value) : element.value;
   }
   return values;
 }
@@ -107,9 +109,9 @@ async function stop() {
 }
 
 const STAT_LABELS = {
-  fps: "fps", latency_ms_p50: "latency p50 (ms)", latency_ms_p95: "latency p95 (ms)", dropped: "dropped",
-  received: "received", sent: "sent", infer_ms: "inference (ms)", batch: "batch", peers: "peers", size: "model size",
-  video: "video out",
+  fps: "delivered fps", keyframe_hz: "keyframes / s", infer_ms: "network (ms)", frame_ms_p95: "per frame p95 (ms)",
+  latency_ms_p50: "latency p50 (ms)", latency_ms_p95: "latency p95 (ms)", dropped: "dropped",
+  received: "received", sent: "sent", batch: "batch", peers: "peers", size: "model size", video: "video out",
 };
 
 async function pollStats() {
@@ -140,7 +142,7 @@ function fillChoices(select, choices, current) {
 
 async function init() {
   state.config = await (await fetch("/config")).json();
-  const { composite, smoothing, size, modes } = state.config;
+  const { composite, smoothing, propagation, size, modes } = state.config;
   $("mode").textContent = state.config.mode === "camera" ? "(your camera)" : "(server source preview)";
   fillChoices($("composite-mode"), modes || [composite.mode], composite.mode);
   if (composite.color) $("composite-color").value = "#" + composite.color.map((v) => v.toString(16).padStart(2, "0")).join("");
@@ -150,8 +152,12 @@ async function init() {
     $("smoothing-enabled").checked = smoothing.enabled;
     $("smoothing-strength").value = smoothing.strength;
   }
+  if (propagation) {
+    $("propagation-enabled").checked = propagation.enabled;
+    $("propagation-keyframe_every").value = propagation.keyframe_every;
+  }
   fillChoices($("size"), SIZES.includes(size?.[0]) ? SIZES : [size?.[0], ...SIZES].filter(Boolean), size?.[0]);
-  for (const element of document.querySelectorAll("[id^='composite-'], [id^='smoothing-']")) {
+  for (const element of document.querySelectorAll(CONTROLS)) {
     const [section, key] = element.id.split("-");
     if (!(state.config[section] && key in state.config[section])) element.closest("label").hidden = true;
     element.addEventListener("change", () => sendControls());
