@@ -206,6 +206,9 @@ class LiveCore:
     def _finish(self, frame: Frame, alpha, *, propagated: bool) -> Frame:
         if isinstance(alpha, np.ndarray):
             alpha = torch.from_numpy(alpha)
+        # Network and propagated mattes on one device (a GPU's, when there is one): the smoother
+        # starts over whenever the device changes.
+        alpha = alpha.to(self.finisher.compositor.device, non_blocking=True)
         self.finisher(frame, alpha)
         frame.meta["propagated"] = propagated
         if self._present is not None:
