@@ -26,46 +26,52 @@ def working_scale(radius: int, h: int, w: int) -> int:
 
 
 def blur_background(image: torch.Tensor, alpha: torch.Tensor, radius: int) -> torch.Tensor:
-    """image float (H, W, 3), alpha float (H, W) -> blurred background float (H, W, 3)."""
+    """image float (H, W, 3), alpha float (H, W) -> blurred background float (H, W, 3).
+
+    The frame and the matte are shrunk first and the background weighted on the coarse grid: a
+    blur of this radius keeps no detail finer than the grid anyway."""
     if radius <= 0:
         return image
     h, w = alpha.shape
-    weight = (1 - alpha).unsqueeze(0)
-    stacked = torch.cat((image.permute(2, 0, 1) * weight, weight), dim=0)[None]
+    stacked = torch.cat((image.permute(2, 0, 1), (1 - alpha)[None]), dim=0)[None]
     scale = working_scale(radius, h, w)
     if scale > 1:
         stacked = F.avg_pool2d(stacked, scale, ceil_mode=True)
+    small = stacked[:, :3]
+    stacked = torch.cat((small * stacked[:, 3:], stacked[:, 3:]), dim=1)
     k = 2 * max(1, round(radius / scale)) + 1
     for _ in range(PASSES):
         stacked = box_mean(stacked, k, accumulate=torch.float32)
+    # Where a whole window is subject there is no background to borrow: keep the (coarse) frame.
+    total = stacked[:, 3:]
+    stacked = torch.where(total > 1e-3, stacked[:, :3] / total.clamp(min=1e-3), small)
     if scale > 1:
         stacked = F.interpolate(stacked, size=(h, w), mode="bilinear", align_corners=False)
-    stacked = stacked[0].permute(1, 2, 0)
-    # Where a whole window is subject there is no background to borrow: keep the frame.
-    total = stacked[..., 3:4]
-    return torch.where(total > 1e-3, stacked[..., :3] / total.clamp(min=1e-3), image)
+    return stacked[0].permute(1, 2, 0)
 
 
 def blur_background_cpu(image: np.ndarray, a8: np.ndarray, radius: int) -> np.ndarray:
     """The same with OpenCV on 8-bit data: image uint8 (H, W, 3), a8 uint8 (H, W) -> uint8 (H, W, 3).
 
-    Only the premultiplied frame is made at full size; blurring, normalising and the fallback
-    happen on the coarse grid, and the result is scaled up as 8 bits.
+    Only the frame and the matte are read at full size (one shrink each); weighting, blurring,
+    normalising and the fallback happen on the coarse grid, and the result is scaled up as 8 bits.
     """
     if radius <= 0:
         return image
     h, w = a8.shape
-    weight = 255 - a8
-    premultiplied = cv2.multiply(image, cv2.merge((weight, weight, weight)), scale=1 / 255)
     scale = working_scale(radius, h, w)
     size = (-(-w // scale), -(-h // scale))
-    stacked = np.dstack([cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (premultiplied, weight)])
-    stacked = stacked.astype(np.float32)
+    if scale > 1:
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        weight = cv2.resize(cv2.bitwise_not(a8), size, interpolation=cv2.INTER_AREA)
+    else:
+        small, weight = image, cv2.bitwise_not(a8)
+    weight = weight.astype(np.float32) * np.float32(1 / 255)
+    stacked = np.dstack((small.astype(np.float32) * weight[..., None], weight))
     k = 2 * max(1, round(radius / scale)) + 1
     for _ in range(PASSES):
         stacked = cv2.blur(stacked, (k, k), borderType=cv2.BORDER_REFLECT_101)
-    total = stacked[..., 3:4] * np.float32(1 / 255)
-    fallback = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    small = np.where(total > 1e-3, stacked[..., :3] / np.maximum(total, 1e-3) + 0.5, fallback)
-    small = np.clip(small, 0, 255).astype(np.uint8)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if scale > 1 else small
+    total = stacked[..., 3:4]
+    out = np.where(total > 1e-3, stacked[..., :3] / np.maximum(total, 1e-3) + 0.5, small)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR) if scale > 1 else out
