@@ -409,3 +409,15 @@ def test_default_mode_follows_the_outputs(sinks, extra, mode):
     assert flatten == (config.composite.color if mode == "rgba" and not extra else None)
     if flatten:
         assert config.vcam.flatten_color == flatten
+
+
+def test_live_file_plays_at_its_own_rate_through_the_live_core(tmp_path, lite):
+    # 50 frames at 25 fps: played as a camera, the job cannot end in under 2 s (a lower bound
+    # only: a slow machine takes longer, never shorter).
+    clip = make_clip(tmp_path / "clip.mp4", frames=50, size=(96, 64), fps=25, audio=False)
+    started = time.monotonic()
+    result = streamer("run", "--source", clip, "--sink", tmp_path / "out" / "%05d.png", "--live", *lite)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 50 / 25 - 0.1
+    # The live core's summary: keyframes on the network, the other frames carried by flow.
+    assert re.search(r"live: \d+ keyframes, \d+ of \d+ frames with a propagated matte", result.stderr)
