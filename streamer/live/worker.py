@@ -1,24 +1,23 @@
-"""One inference thread shared by every live peer.
+"""One inference thread shared by every live stream (`streamer.live.core`: each `serve` peer,
+a live `run` job).
 
-Each peer owns a `WorkerSlot`. A slot holds at most one waiting frame (a newer frame
-replaces it and the replaced one counts as a drop) and at most one frame inside the
-engine, so latency never builds up however slow the model is. Whenever the thread is
-free it takes the waiting frame of every slot that has nothing in flight and runs them
-through the engine in one `predict` call: peers share the GPU/CPU, not a queue.
+Each stream owns a `WorkerSlot` and offers it keyframes. A slot holds at most one waiting frame
+(a newer frame replaces it) and at most one frame inside the engine, so latency never builds up
+however slow the model is. Whenever the thread is free it takes the waiting frame of every slot
+that has nothing in flight and runs them through the engine in one `predict` call: streams share
+the GPU/CPU, not a queue.
 
 When the network is much slower than the cameras (a CPU), the frame waiting when the thread
-comes free is, on average, half a frame interval old, and that age is added to everything
-the viewer sees. So if a waiting frame is stale (older than a quarter of its camera's
-interval) and its successor is due soon, the thread waits for it, but only while the wait
-costs at most `FRESH_WAIT_SHARE` of a batch's time: never on a GPU, where inference is
-quicker than a frame interval and the thread is idle when frames arrive anyway.
+comes free is, on average, half a frame interval old, and its result has that much further to be
+carried. So if a waiting frame is stale (older than a quarter of its camera's interval) and its
+successor is due soon, the thread waits for it, but only while the wait costs at most
+`FRESH_WAIT_SHARE` of a batch's time: never on a GPU, where inference is quicker than a frame
+interval and the thread is idle when frames arrive anyway.
 
-For the same reason, after a batch the thread stays out of the way until every peer has
-composited, encoded and sent its result (the peer says so with `WorkerSlot.sent`), for at
-most `QUIET_SHARE` of a batch's time: on a machine without a spare core, the network's
-threads would otherwise slow that last, latency-critical stretch.
+After a batch the thread stays out of the way until every stream has taken its result in (the
+stream says so with `WorkerSlot.sent`), for at most `QUIET_SHARE` of a batch's time: on a
+machine without a spare core, the network's threads would otherwise slow that stretch.
 """
-
 from __future__ import annotations
 
 import asyncio
