@@ -273,17 +273,21 @@ async def test_streams_share_one_worker_and_every_frame_comes_out(monkeypatch):
     streams = [LiveStream(worker, finisher(), Settings(), name=f"s{n}") for n in range(2)]
     outs: list[list[Frame]] = [[], []]
     runs = [asyncio.ensure_future(s.run(out.append)) for s, out in zip(streams, outs, strict=True)]
-    blocker = worker.open_slot("blocker")  # holds the engine while both streams offer a frame
-    blocker.put(frame(0, value=1))
-    await until(lambda: blocker.busy, "the blocker in the engine")
+    blocker = worker.open_slot("blocker")  # holds the engine while both streams offer frames
+
+    async def hold_engine() -> None:
+        blocker.put(frame(0, value=1))
+        await until(lambda: blocker.busy, "the blocker in the engine")
+
+    await hold_engine()
     for s, base in zip(streams, (10, 100), strict=True):
         s.offer(frame(0, value=base))
     await until(lambda: all(s.slot._waiting is not None for s in streams), "both first frames offered")
     engine.gate.release(2)  # the blocker's pass, then one pass for both streams
     await until(lambda: all(s.core.stats.keyframes for s in streams), "both first results")
     assert engine.calls == [[1], [10, 100]]
-    blocker.close()
     assert sum(t.name == "streamer-infer" for t in threading.enumerate()) == 1
+    await hold_engine()
     for i in range(1, 21):  # the network is held busy: frames keep going out on propagated mattes
         for s, base in zip(streams, (10, 100), strict=True):
             s.offer(frame(i, value=base + i))
@@ -291,10 +295,11 @@ async def test_streams_share_one_worker_and_every_frame_comes_out(monkeypatch):
     for out in outs:  # frame 0 waited for its own result (there was no matte before it)
         assert ids(out) == list(range(21))
         assert [f.meta["propagated"] for f in out] == [False] + [True] * 20
-    engine.gate.release()
+    engine.gate.release(2)
     await until(lambda: all(s.core.stats.keyframes == 2 for s in streams), "the second results")
-    # The second pass took each stream's newest frame of the moment it came free.
-    assert engine.calls[2] == [11, 101]
+    # The next pass took each stream's newest frame of the moment the network came free.
+    assert engine.calls[2:] == [[1], [30, 120]]
+    blocker.close()
     for s in streams:
         s.close()
     engine.gate.release(10)

@@ -18,6 +18,7 @@ After a batch the thread stays out of the way until every stream has taken its r
 stream says so with `WorkerSlot.sent`), for at most `QUIET_SHARE` of a batch's time: on a
 machine without a spare core, the network's threads would otherwise slow that stretch.
 """
+
 from __future__ import annotations
 
 import asyncio
