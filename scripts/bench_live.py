@@ -367,12 +367,12 @@ async def bench_webrtc(args, weights: Path, case: Case) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
+    """A markdown table (what BENCHMARKS.md and scripts/gpu_check.sh take)."""
     keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print(" | ".join(k.ljust(widths[k]) for k in keys))
-    print("-|-".join("-" * widths[k] for k in keys))
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "|".join("---" for _ in keys) + "|")
     for r in rows:
-        print(" | ".join(str(r[k]).ljust(widths[k]) for k in keys))
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
 
 
 async def main_async(args, weights: Path) -> list[dict]:
