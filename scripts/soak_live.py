@@ -72,10 +72,11 @@ from safetensors.torch import save_file  # noqa: E402
 from streamer.config import load_config  # noqa: E402
 from streamer.frame import Frame  # noqa: E402
 from streamer.job import build_processing, open_output  # noqa: E402
+from streamer.live.core import LiveStage, Settings  # noqa: E402
 from streamer.live.serve import build_server  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
 from streamer.pipeline.runner import Pipeline  # noqa: E402
-from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage  # noqa: E402
+from streamer.pipeline.stages import Finisher  # noqa: E402
 from streamer.sources.base import SourceInfo  # noqa: E402
 
 CLOCK = Fraction(1, 90000)
@@ -157,7 +158,7 @@ async def soak(args, weights: Path, device: str) -> list[dict]:
     sink = open_output("vcam", camera.info, config)
     pipeline = Pipeline(
         camera,
-        [InferStage(engine), SmoothStage(smoother), CompositeStage(compositor)],
+        [LiveStage(engine, Finisher(smoother, compositor), Settings(config.propagation))],
         [sink],
         live=True,
     )
