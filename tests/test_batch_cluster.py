@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,20 +47,27 @@ def test_cluster(tmp_path):
         pytest.skip("needs root, unshare and ip (iproute2) for a private network namespace")
     env = _env()
     env["STREAMER_TEST_NETNS"] = "1"
-    env["RAY_TMPDIR"] = str(tmp_path / "ray")  # a Ray of our own: nothing shared with another on this machine
+    # Ray 2.60 turns token authentication on for local clusters and keeps the token in ~/.ray; this
+    # cluster's token lives in the environment every process of the namespace inherits instead.
+    env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"] = "token", secrets.token_hex(32)
+    # A Ray folder of our own (nothing shared with another Ray here), short: socket paths stop at 107 bytes.
+    env["RAY_TMPDIR"] = ray_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     inner = (
         "ip link set lo up && trap 'ray stop --force >/dev/null 2>&1' EXIT && "
         f"{sys.executable} -m pytest -q -x -p no:cacheprovider -k 'not test_cluster' {Path(__file__)} "
         f"--basetemp {tmp_path / 'inner'}"
     )
-    done = subprocess.run(
-        ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", inner],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", inner],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert "2 passed" in done.stdout, done.stdout[-2000:]
 
@@ -163,7 +172,7 @@ def test_batch_on_two_nodes_survives_a_killed_worker_and_resumes(tmp_path, clust
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, stderr  # the broken input fails; the others do not
-    rows = {Path(r["input"]).name: r for r in json.loads(report.read_text())}
+    rows = {Path(r["input"]).name: r for r in json.loads(report.read_text())["clips"]}
     assert rows["broken.mp4"]["status"] == "failed"
     assert "broken.mp4" in rows["broken.mp4"]["error"] and "\n" not in rows["broken.mp4"]["error"]
     assert any(r["retried"] for r in rows.values()), rows
@@ -187,7 +196,7 @@ def test_batch_on_two_nodes_survives_a_killed_worker_and_resumes(tmp_path, clust
     proc = _batch(args, weights)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 1, stderr
-    rows = {Path(r["input"]).name: r for r in json.loads(report.read_text())}
+    rows = {Path(r["input"]).name: r for r in json.loads(report.read_text())["clips"]}
     assert rows["clip0.mp4"]["status"] == "done"
     assert all(rows[s.name]["status"] == "skipped (done)" for s in sources[1:])
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

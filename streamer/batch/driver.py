@@ -111,6 +111,9 @@ class ClipWorker:
         self.engine = MattingEngine.from_params(config.model, state)
         self.label = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
+    def ready(self) -> str:
+        return self.label
+
     def process(self, task: Task) -> dict:
         from streamer.batch.work import run_task
 
@@ -167,7 +170,13 @@ def connect(address: str | None) -> None:
                 "(start one with 'ray start --head', or leave out --address for a local one)"
             ) from None
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ConfigError(
+                f"cannot start a local Ray instance: {str(err).splitlines()[0]} "
+                "(set RAY_TMPDIR to a short folder, or pass --address of a running cluster)"
+            ) from None
 
 
 def worker_count(options: BatchOptions, tasks: int) -> int:
@@ -220,12 +229,14 @@ def plan_clips(
 
 def run_batch(clips: list[Clip], config: JobConfig, state: dict, weights: str, options: BatchOptions) -> int:
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timing = {"workers": 0, "startup_seconds": 0.0, "work_seconds": 0.0}
     connect(options.address)
     try:
         probes = ray.get([probe_remote.remote(c.source) for c in clips])
         tasks, results, joins = plan_clips(clips, probes, config, weights, options)
         if tasks:
-            _run_tasks(tasks, results, joins, config, state, options)
+            _run_tasks(tasks, results, joins, config, state, options, timing)
         else:
             for index in joins:
                 _submit_join_now(index, joins, results)
@@ -233,7 +244,13 @@ def run_batch(clips: list[Clip], config: JobConfig, state: dict, weights: str, o
         ray.shutdown()
     _print_summary(results)
     if options.report:
-        options.report.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
+        report = {
+            "clips": [r.as_json() for r in results],
+            "frames": sum(r.frames for r in results if r.status.startswith("done")),
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            **timing,
+        }
+        options.report.write_text(json.dumps(report, indent=2) + "\n")
     return 1 if any(r.status.startswith(("failed", "incomplete")) for r in results) else 0
 
 
@@ -264,7 +281,8 @@ def _finish_join(result: ClipResult, error: str | None) -> None:
         result.status = "done (retried)" if result.retried else "done"
 
 
-def _run_tasks(tasks, results, joins, config, state, options: BatchOptions) -> None:
+def _run_tasks(tasks, results, joins, config, state, options: BatchOptions, timing: dict) -> None:
+    begin = time.perf_counter()
     board = ProgressBoard.remote()
     state_ref = ray.put(state)
     count = worker_count(options, len(tasks))
@@ -279,6 +297,10 @@ def _run_tasks(tasks, results, joins, config, state, options: BatchOptions) -> N
         ).remote(config.sections, state_ref, threads, board)
         for _ in range(count)
     ]
+    # Every worker holds its model before the clock of the work starts (startup is reported apart).
+    ray.get([actor.ready.remote() for actor in actors])
+    timing["workers"], timing["startup_seconds"] = count, round(time.perf_counter() - begin, 3)
+    begin = time.perf_counter()
     by_key = {t.key: t for t in tasks}
     clip_of = {t.key: int(t.key.split(".")[0]) for t in tasks}
     waiting = {i: {t.key for t in parts if t.key in by_key} for i, (parts, _) in joins.items()}
@@ -331,6 +353,7 @@ def _run_tasks(tasks, results, joins, config, state, options: BatchOptions) -> N
             if len(workers) > 1 and key in clip_of:
                 results[clip_of[key]].retried = True
     display.close()
+    timing["work_seconds"] = round(time.perf_counter() - begin, 3)
     for key, index in clip_of.items():
         if key not in finished and not results[index].status.startswith("failed"):
             results[index].status, results[index].error = "failed", lost or "its worker was lost"
