@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--long-frames", type=int, default=36)
     parser.add_argument("--segment-frames", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--long-repeats", type=int, default=1)
     parser.add_argument("--skip-long", action="store_true")
     args = parser.parse_args()
 
@@ -99,9 +100,14 @@ def main() -> None:
                 res = batch(shorts, out, weights, workers, [])
                 fps = res["frames"] / res["work_seconds"]
                 runs[workers].append(fps)
+                busy = sum(c["seconds"] for c in res["clips"])
+                # Worker time not spent inside a clip: dispatch, result and progress round trips, the tail.
+                idle = (workers * res["work_seconds"] - busy) / len(res["clips"])
                 print(
-                    f"  {workers} worker(s): {res['frames']} frames in {res['work_seconds']:.1f} s = {fps:.3f} fps"
-                    f" (startup {res['startup_seconds']:.1f} s, whole command {res['command_seconds']:.1f} s); {load()}"
+                    f"  {workers} worker(s): {res['frames']} frames in {res['work_seconds']:.1f} s = {fps:.3f} fps;"
+                    f" per worker {res['frames'] / busy:.3f} fps inside clips; idle per clip {idle:.2f} s;"
+                    f" probe {res['probe_seconds']:.1f} s, startup {res['startup_seconds']:.1f} s,"
+                    f" whole command {res['command_seconds']:.1f} s; {load()}"
                 )
         best = {w: max(v) for w, v in runs.items()}
         print(
@@ -112,7 +118,7 @@ def main() -> None:
         print(
             f"long clip: {args.long_frames} frames at 10 fps, keyframe every 6, --segment-frames {args.segment_frames}"
         )
-        for r in range(args.repeats):
+        for r in range(args.long_repeats):
             for workers, extra in (
                 (1, ["--segment-frames", str(10**6)]),
                 (2, ["--segment-frames", str(args.segment_frames)]),

@@ -41,6 +41,7 @@ def _env() -> dict:
 
 
 @pytest.mark.skipif(INSIDE, reason="the outer half runs outside the namespace")
+@pytest.mark.timeout(900)
 def test_cluster(tmp_path):
     pytest.importorskip("ray")
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
@@ -64,7 +65,7 @@ def test_cluster(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=400,
+            timeout=840,
         )
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
@@ -134,6 +135,7 @@ def _check_output(path: Path, source: Path) -> None:
     assert (frames[0][..., 3] < 255).any()
 
 
+@pytest.mark.timeout(600)
 def test_local_instance_without_address(tmp_path, weights):
     """No --address: a Ray instance of its own on this machine (inside the namespace)."""
     if not INSIDE:
@@ -145,6 +147,7 @@ def test_local_instance_without_address(tmp_path, weights):
     _check_output(tmp_path / "out" / "one.mov", src)
 
 
+@pytest.mark.timeout(600)
 def test_batch_on_two_nodes_survives_a_killed_worker_and_resumes(tmp_path, cluster, weights):
     clips = tmp_path / "clips"
     clips.mkdir()

@@ -204,7 +204,7 @@ def plan_clips(
         result = ClipResult(clip.source, str(final), frames=info.frames)
         results.append(result)
         if final.exists() and not config.output.overwrite:
-            result.status = "skipped (done)"
+            result.status = "skipped (done)"  # frames 0: not probed
             continue
         if info.error:
             result.status, result.error, result.frames = "failed", info.error, 0
@@ -230,10 +230,18 @@ def plan_clips(
 def run_batch(clips: list[Clip], config: JobConfig, state: dict, weights: str, options: BatchOptions) -> int:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    timing = {"workers": 0, "startup_seconds": 0.0, "work_seconds": 0.0}
+    timing = {"workers": 0, "probe_seconds": 0.0, "startup_seconds": 0.0, "work_seconds": 0.0}
     connect(options.address)
     try:
-        probes = ray.get([probe_remote.remote(c.source) for c in clips])
+        begin = time.perf_counter()
+        # Finished outputs are not even probed: a re-run over a big library starts at once.
+        todo = [
+            config.output.overwrite or not output_path(options.out_dir, c.name, options.fmt).exists()
+            for c in clips
+        ]
+        refs = [probe_remote.remote(c.source) if t else None for c, t in zip(clips, todo, strict=True)]
+        probes = [ray.get(r) if r is not None else Probe(c.source) for c, r in zip(clips, refs, strict=True)]
+        timing["probe_seconds"] = round(time.perf_counter() - begin, 3)
         tasks, results, joins = plan_clips(clips, probes, config, weights, options)
         if tasks:
             _run_tasks(tasks, results, joins, config, state, options, timing)
