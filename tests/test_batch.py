@@ -149,3 +149,14 @@ def test_a_damaged_clip_is_an_error_not_a_short_output(tmp_path, lite_config):
     result = run_task(Task(str(src), "c", str(out), 9), config, engine)  # the index promised 9 frames
     assert "decoded 6 of 9 frames" in result["error"]
     assert not out.exists() and not in_progress_path(str(out)).exists()
+
+
+def test_png_output_is_a_folder_renamed_when_complete(tmp_path, lite_config):
+    config, engine = lite_config
+    src = make_clip(tmp_path / "c.mp4", frames=3, size=(64, 48), audio=False)
+    out = tmp_path / "out" / "c"
+    out.parent.mkdir()
+    result = run_task(Task(str(src), "c", str(out), 3), config, engine)
+    assert result["error"] is None and result["frames"] == 3
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(3)]
+    assert [p.name for p in out.parent.iterdir()] == ["c"]
