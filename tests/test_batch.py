@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from media import count_audio, make_clip, read_video
+from media import count_audio, make_clip, read_video, square_position
 
 from streamer.batch.inputs import expand_inputs, name_clips, output_path, partial_path
 from streamer.batch.plan import Probe, Task, probe, split, warmup_frames
@@ -160,3 +161,38 @@ def test_png_output_is_a_folder_renamed_when_complete(tmp_path, lite_config):
     assert result["error"] is None and result["frames"] == 3
     assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(3)]
     assert [p.name for p in out.parent.iterdir()] == ["c"]
+
+
+@pytest.mark.parametrize("fmt", ["mov", "webm", "mp4"])
+def test_join_copies_packets_with_timestamps_and_alpha(tmp_path, fmt):
+    """Two segments written by the file sink, each starting at 0, joined back at their source times."""
+    import torch
+    from media import pattern
+
+    from streamer.frame import Frame
+    from streamer.sinks.open import open_sink
+    from streamer.sources.base import SourceInfo
+
+    tb = Fraction(1, 1000)
+    info = SourceInfo(64, 48, 25.0, tb, None, False)
+    parts = []
+    for s in range(2):
+        part = tmp_path / f".seg{s}.{fmt}"
+        sink = open_sink(str(part), info=info, audio=False)
+        for k in range(s * 3, s * 3 + 3):
+            frame = Frame(
+                torch.zeros(48, 64, 3, dtype=torch.uint8), pts=k * 40, time_base=tb, index=k, captured_at=0
+            )
+            frame.output = torch.from_numpy(pattern(k, (64, 48), 4))
+            sink.write(frame)
+        sink.close()
+        parts.append(part)
+    joined = tmp_path / f"joined.{fmt}"
+    assert join(parts, [0, 120], tb, joined) == 6
+    frames, pts, time_base = read_video(joined, "rgba")
+    assert [p * time_base for p in pts] == [Fraction(k, 25) for k in range(6)]
+    if fmt != "mp4":  # H.264 has no alpha (the square, on the transparent half, is flattened to black)
+        assert [square_position(f) for f in frames] == [
+            square_position(pattern(k, (64, 48))) for k in range(6)
+        ]
+        assert all(f[:, :28, 3].max() < 8 and f[:, 36:, 3].min() > 247 for f in frames)
