@@ -20,6 +20,7 @@ import av
 from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sinks.audio import AudioCarrier
+from streamer.sinks.video_file import FORMATS
 from streamer.sources.video import VideoSource, VideoSourceParams
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,11 @@ def join(
     video packets written.
     """
     written = 0
-    with av.open(str(segments[0])) as first, av.open(str(out), "w") as container:
+    # The container options of the file sink's format (fragmented MP4/MOV): the same kind of file
+    # as an unsplit run writes.
+    fmt = FORMATS.get(Path(out).suffix.lower())
+    options = fmt.container if fmt is not None else {}
+    with av.open(str(segments[0])) as first, av.open(str(out), "w", container_options=options) as container:
         template = first.streams.video[0]
         video = container.add_stream_from_template(template)
         # Matroska needs the alpha_mode tag to keep VP9's alpha plane (BlockAdditional).

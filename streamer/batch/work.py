@@ -21,6 +21,7 @@ from streamer.errors import StreamerError
 from streamer.job import build_processing, open_output
 from streamer.pipeline.runner import Pipeline
 from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
+from streamer.sinks.paths import partial_path
 
 
 def in_progress_path(output: str) -> Path:
@@ -58,7 +59,10 @@ def _process(task: Task, config: JobConfig, engine, on_progress) -> int:
 
     target = Path(task.output)
     writing = in_progress_path(task.output)
-    remove_path(writing)  # left by an interrupted attempt
+    # Left by an attempt whose worker died: the clip is redone whole, so neither is anyone's work
+    # (the file sink would otherwise keep its partial as an ".interrupted" copy).
+    remove_path(writing)
+    remove_path(partial_path(writing))
     png = task.output.endswith("/") or not target.suffix
     spec = f"{writing}/" if png else str(writing)
     segment = task.segment
