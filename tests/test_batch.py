@@ -18,6 +18,7 @@ from streamer.batch.inputs import expand_inputs, name_clips, output_path, partia
 from streamer.batch.plan import Probe, Task, probe, split, warmup_frames
 from streamer.batch.segment import join
 from streamer.batch.work import in_progress_path, run_task
+from streamer.cli import main
 from streamer.errors import ConfigError
 
 # 24 frames at 5 fps with a keyframe every 3: three segments of ~8 frames, 6 warm-up frames each.
@@ -111,8 +112,11 @@ def test_split_clip_joins_into_the_unsplit_output(tmp_path, lite_config):
         assert result["error"] is None and result["frames"] == seg.frames
     joined = tmp_path / "long.mov"
     join(parts, [s.start_pts for s in segments], info.time_base, joined, str(src), 0.0)
-    whole = tmp_path / "whole.mov"
-    assert run_task(Task(str(src), "long", str(whole), info.frames), config, engine)["error"] is None
+    whole = tmp_path / "whole.mov"  # the reference: an unsplit `streamer run` with the same settings
+    model = config.model
+    argv = ["run", "--source", str(src), "--sink", str(whole), "--variant", model.variant, "--size", "64x64"]
+    argv += ["--weights", model.weights, "--device", "cpu", "--mode", "rgba", "--no-progress"]
+    assert main(argv) == 0
 
     a, pts_a, tb_a = read_video(joined, "rgba")
     b, pts_b, tb_b = read_video(whole, "rgba")
