@@ -46,6 +46,9 @@ def test_cluster(tmp_path):
     pytest.importorskip("ray")
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         pytest.skip("needs root, unshare and ip (iproute2) for a private network namespace")
+    namespaces = ["unshare", "-n", "-p", "-f", "--mount-proc"]
+    if subprocess.run([*namespaces, "true"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("this machine does not allow new network and PID namespaces (unshare failed)")
     env = _env()
     env["STREAMER_TEST_NETNS"] = "1"
     # Ray 2.60 turns token authentication on for local clusters and keeps the token in ~/.ray; this
@@ -60,7 +63,7 @@ def test_cluster(tmp_path):
     )
     try:
         done = subprocess.run(
-            ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", inner],
+            [*namespaces, "bash", "-c", inner],
             cwd=ROOT,
             env=env,
             capture_output=True,
