@@ -131,12 +131,16 @@ class MattingEngine:
         self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
 
     @classmethod
-    def from_params(cls, params: EngineParams) -> MattingEngine:
-        from streamer.model.weights import load_model
+    def from_params(cls, params: EngineParams, state: dict | None = None) -> MattingEngine:
+        """The engine of `params`; `state` (a checked state dict) stands in for reading `params.weights`."""
+        from streamer.model.weights import load_model, model_from_state
 
         device = resolve_device(params.device)
         dtype = resolve_dtype(params.dtype, device)
-        model = load_model(params.variant, params.weights, params.patch_order)
+        if state is None:
+            model = load_model(params.variant, params.weights, params.patch_order)
+        else:
+            model = model_from_state(state, params.variant, params.patch_order)
         log.info("engine: %s on %s as %s at %dx%d", params.variant, device, dtype, *params.size)
         return cls(model, params, device, dtype)
 

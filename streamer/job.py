@@ -144,13 +144,16 @@ def open_output(spec: str, info, config: JobConfig, flatten: tuple | None = None
     )
 
 
-def build_processing(config: JobConfig):
-    """The engine, smoother and compositor of one stream, on the engine's device."""
+def build_processing(config: JobConfig, engine=None):
+    """The engine, smoother and compositor of one stream, on the engine's device.
+
+    `engine`: one already loaded, reused across streams (batch workers load it once).
+    """
     from streamer.compose.compositor import Compositor
     from streamer.engine import MattingEngine
     from streamer.smoothing import TemporalSmoother
 
-    engine = MattingEngine.from_params(config.model)
+    engine = engine or MattingEngine.from_params(config.model)
     return (
         engine,
         TemporalSmoother(config.smoothing, engine.device),

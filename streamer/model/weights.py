@@ -212,7 +212,14 @@ def load_model(variant: str = "portrait", weights=None, patch_order: str | None 
     path = resolve_weights(weights, variant)
     state = read_state_dict(path)
     check_architecture(state, variant, str(path))
-    # Built on the meta device: the file supplies every tensor, so random initialisation is wasted time.
+    return model_from_state(state, variant, patch_order)
+
+
+def model_from_state(
+    state: dict[str, torch.Tensor], variant: str, patch_order: str | None = None
+) -> BiRefNet:
+    """An eval-mode CPU model holding `state`, already read and checked (e.g. shipped by `streamer batch`)."""
+    # Built on the meta device: the state supplies every tensor, so random initialisation is wasted time.
     with torch.device("meta"):
         model = build_model(variant, patch_order)
     model.load_state_dict(state, strict=True, assign=True)
