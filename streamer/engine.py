@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamer.backends import BACKENDS, choose_backend
 from streamer.errors import ConfigError, DeviceError
 from streamer.model import MULTIPLE, PATCH_ORDERS, VARIANTS
 from streamer.model.graphed import GraphedForward
@@ -36,7 +37,8 @@ class EngineParams:
     """Network input (height, width); frames are resized to it and mattes back to frame size."""
     device: str = "auto"
     dtype: str = "auto"
-    """auto = float16 on CUDA, float32 elsewhere."""
+    """auto = float16 on CUDA; on the CPU, OpenVINO's default (bfloat16 where the CPU has it, else
+    float32) or float32 with torch. float32 on the CPU is the exact path."""
     compile: bool = False
     cuda_graph: bool = False
     """Replay the network as a captured CUDA graph per input shape (CUDA only; not with compile).
@@ -47,6 +49,10 @@ class EngineParams:
     """None = the order the variant's weights were trained with (legacy for portrait and lite)."""
     batch_size: int = 1
     """Frames that file jobs group per predict() call; predict() itself runs what it is given."""
+    backend: str = "auto"
+    """auto = OpenVINO on the CPU where it is installed (torch for float16 or compile), torch elsewhere."""
+    threads: int = 0
+    """CPU threads for the network (0 = the runtime's default, every core)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -66,6 +72,10 @@ class EngineParams:
             raise ConfigError(
                 f"model.patch_order: {self.patch_order!r} is not one of {', '.join(PATCH_ORDERS)}"
             )
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"model.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"model.threads: {self.threads!r} is not a count of threads (0 = every core)")
         if self.batch_size < 1:
             raise ConfigError(
                 f"model.batch_size: {self.batch_size} must be at least 1 (use 1 for live video)"
@@ -111,13 +121,32 @@ class MattingEngine:
     """Owns the network on one device; `predict` is the only call the pipeline needs."""
 
     def __init__(
-        self, model: torch.nn.Module, params: EngineParams, device: torch.device, dtype: torch.dtype
+        self,
+        model: torch.nn.Module,
+        params: EngineParams,
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "torch",
     ):
         self.params = params
         self.device = device
-        self.dtype = dtype
         self.size = params.size
+        self.backend = backend
         self.channels_last = params.channels_last and device.type == "cuda"
+        if backend == "openvino":
+            from streamer.backends.openvino import OpenVINOForward
+
+            # OpenVINO takes and returns float32; it computes in its own precision (self.precision).
+            self.model = OpenVINOForward(model, params.variant, params.dtype, params.threads)
+            self.dtype = torch.float32
+            self.precision = self.model.precision
+            self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+            self._std = torch.tensor(STD).view(1, 3, 1, 1)
+            return
+        self.dtype = dtype
+        self.precision = str(dtype).removeprefix("torch.")
+        if params.threads and device.type == "cpu":
+            torch.set_num_threads(params.threads)
         model = model.to(device=device, dtype=dtype).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -135,14 +164,24 @@ class MattingEngine:
         """The engine of `params`; `state` (a checked state dict) stands in for reading `params.weights`."""
         from streamer.model.weights import load_model, model_from_state
 
-        device = resolve_device(params.device)
+        explicit_openvino = params.backend == "openvino" and params.device == "auto"
+        device = torch.device("cpu") if explicit_openvino else resolve_device(params.device)
+        backend = choose_backend(params.backend, device.type, params.dtype, params.compile)
         dtype = resolve_dtype(params.dtype, device)
         if state is None:
             model = load_model(params.variant, params.weights, params.patch_order)
         else:
             model = model_from_state(state, params.variant, params.patch_order)
-        log.info("engine: %s on %s as %s at %dx%d", params.variant, device, dtype, *params.size)
-        return cls(model, params, device, dtype)
+        engine = cls(model, params, device, dtype, backend)
+        log.info(
+            "engine: %s on %s with %s as %s at %dx%d",
+            params.variant,
+            device,
+            backend,
+            engine.precision,
+            *params.size,
+        )
+        return engine
 
     def resize(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 on any device -> (B, 3, h, w) float 0..255 at network size, on device."""

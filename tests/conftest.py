@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ DATA = Path(__file__).parent / "data"
 # One intra-op thread: on this shared 2-core machine OpenMP workers spin-wait for each other and
 # a 64x64 forward measured 0.3 s single-threaded but 4-8 s with two threads under load.
 torch.set_num_threads(1)
+
+# `auto` would convert the network with OpenVINO for every new size (seconds each): tests run torch
+# unless they ask for OpenVINO (tests/test_openvino.py). Subprocesses inherit it.
+os.environ["STREAMER_BACKEND"] = "torch"
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 """Same as `@pytest.mark.cuda`: tests carrying that marker are skipped without a GPU."""

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from streamer.commands.options import add_backend_options
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
@@ -51,6 +52,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    add_backend_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(handler=run)
 
@@ -122,11 +124,21 @@ def build(args: argparse.Namespace):
     except ValueError as err:
         raise ConfigError(f"--size: {args.size!r}: {err}") from None
     try:
+        threads = int(args.threads or 0)
+    except ValueError:
+        raise ConfigError(f"--threads: {args.threads!r} is not a whole number (0 = every core)") from None
+    try:
         colour = parse_colour(args.color)
     except ValueError as err:
         raise ConfigError(f"--color: {args.color!r}: {err}") from None
     params = EngineParams(
-        variant=args.variant, weights=args.weights, size=size, device=args.device, dtype=args.dtype
+        variant=args.variant,
+        weights=args.weights,
+        size=size,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend or "auto",
+        threads=threads,
     )
     composite = CompositeParams(mode=FORMATS[args.format], color=colour)
     engine = MattingEngine.from_params(params)

@@ -17,6 +17,8 @@ MODEL_OPTIONS = {
     "size": ("model", "size"),
     "device": ("model", "device"),
     "dtype": ("model", "dtype"),
+    "backend": ("model", "backend"),
+    "threads": ("model", "threads"),
 }
 LOOK_OPTIONS = {
     "mode": ("composite", "mode"),
@@ -49,6 +51,16 @@ def add_model_options(
     group.add_argument("--size", help=f"network input size HxW, multiples of 32 (default {default_size})")
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+    add_backend_options(group)
+
+
+def add_backend_options(group) -> None:
+    group.add_argument(
+        "--backend",
+        choices=("auto", "torch", "openvino"),
+        help="network runtime: auto = OpenVINO on the CPU, torch on a GPU (default auto)",
+    )
+    group.add_argument("--threads", help="CPU threads for the network (default: every core)")
 
 
 def add_look_options(parser: argparse.ArgumentParser, title: str = "compositing and smoothing") -> None:
