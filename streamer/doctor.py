@@ -91,6 +91,34 @@ def check_torch() -> Check:
     return Check("torch", WARN, f"torch {version}, {CPU_ADVICE}", required=True)
 
 
+def check_cpu_backend(bf16: bool | None = None) -> Check:
+    """What `--backend auto` runs on the CPU, and in which precision by default."""
+    from streamer.backends import cache_root, openvino_available
+
+    if not openvino_available():
+        return Check(
+            "cpu backend",
+            WARN,
+            "OpenVINO is not installed: the CPU runs the network with torch (about 2-4x slower)",
+            "pip install openvino (wheels for x86_64 and arm64 Linux, Windows, macOS)",
+        )
+    try:
+        from streamer.backends.openvino import cpu_has_bf16
+
+        version = (_version("openvino") or "?").split("-")[0]
+        bf16 = cpu_has_bf16() if bf16 is None else bf16
+    except Exception as err:  # a broken install raises anything
+        return Check(
+            "cpu backend", WARN, f"OpenVINO is installed but fails: {err}", "pip install -U openvino"
+        )
+    cache = cache_root() / "openvino"
+    if bf16:
+        detail = "runs bfloat16 by default (--dtype float32 is the exact path)"
+    else:
+        detail = "this CPU has no bfloat16, so the default CPU path is float32 (the exact path)"
+    return Check("cpu backend", OK, f"OpenVINO {version}: {detail}; converted networks in {cache}")
+
+
 def check_opencv() -> Check:
     version = _version("cv2")
     if version is None:
@@ -288,6 +316,7 @@ def run_checks() -> Iterator[Check]:
     """Every check in the order printed; names are looked up now so tests can replace them."""
     yield check_python()
     yield check_torch()
+    yield check_cpu_backend()
     yield from check_weights()
     yield check_opencv()
     yield check_pyav()

@@ -235,3 +235,12 @@ async def test_serve_worker_gets_openvino_and_converts_a_new_size_once(recipe_we
     assert worker.engine.size == (64, 64)
     lines = preparing_lines(capfd.readouterr().err)
     assert len(lines) == 1 and "64x64" in lines[0]
+
+
+@pytest.mark.parametrize(("bf16", "says"), [(True, "runs bfloat16 by default"), (False, "no bfloat16")])
+def test_doctor_says_which_precision_the_cpu_path_runs(bf16, says, cache_home):
+    from streamer.doctor import OK, check_cpu_backend
+
+    check = check_cpu_backend(bf16=bf16)
+    assert check.status == OK and says in check.line()
+    assert str(cache_home / "streamer" / "openvino") in check.line()
