@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from safetensors.torch import save_file  # noqa: E402
 
-from streamer.compose.compositor import CompositeParams, Compositor  # noqa: E402
+from streamer.compose.compositor import CompositeParams, Compositor, to_uint8  # noqa: E402
+from streamer.compose.foreground_tiles import estimate_foreground_u8  # noqa: E402
 from streamer.config import parse_size  # noqa: E402
 from streamer.engine import EngineParams, MattingEngine  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
@@ -70,22 +73,44 @@ def pipeline(engine, clip: Path, out: Path, batch: int, composite: CompositePara
     return stats.frames_out[0] / (time.perf_counter() - start), stats
 
 
-def naive(engine, clip: Path, out: Path, composite: CompositeParams) -> float:
+def naive(engine, clip: Path, out: Path, composite: CompositeParams, steps: dict[str, list[float]]) -> float:
+    """One frame after another in one thread; each step's seconds per frame go into `steps`."""
     source = open_source(str(clip))
     sink = open_sink(str(out), info=source.info, overwrite=True)
     smoother = TemporalSmoother(SmoothingParams(), engine.device)
     compositor = Compositor(composite, engine.device)
+    frames = iter(source.frames())
     start = time.perf_counter()
     count = 0
-    for frame in source.frames():
+    while True:
+        t0 = time.perf_counter()
+        frame = next(frames, None)
+        if frame is None:
+            break
+        t1 = time.perf_counter()
         alpha = engine.predict(frame.image)
+        t2 = time.perf_counter()
         frame.alpha = smoother(alpha, frame.image, frame.time)
+        t3 = time.perf_counter()
         frame.output = compositor(frame.image, frame.alpha, frame.time)
+        t4 = time.perf_counter()
         sink.write(frame)
+        t5 = time.perf_counter()
+        for name, seconds in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            steps[name].append(seconds)
+        if composite.refine_foreground:  # timed again on its own: it is part of compositing above
+            pixels = np.ascontiguousarray(frame.image.numpy())
+            a8 = to_uint8(frame.alpha.clamp(0, 1)).numpy()
+            t6 = time.perf_counter()
+            estimate_foreground_u8(pixels, a8)
+            steps["of which foreground estimation"].append(time.perf_counter() - t6)
         count += 1
     sink.close()
     source.close()
     return count / (time.perf_counter() - start)
+
+
+STEPS = ("decode", "network (predict)", "smoothing", "compositing", "encode")
 
 
 def main() -> None:
@@ -110,15 +135,17 @@ def main() -> None:
             EngineParams(variant=args.variant, weights=str(weights), size=size, device="cpu")
         )
         results: dict[str, list[float]] = {"model only": [], "pipeline": [], "naive loop": []}
+        steps: dict[str, list[float]] = {name: [] for name in (*STEPS, "of which foreground estimation")}
         for _ in range(args.rounds):
             results["model only"].append(model_only(engine, clip, args.batch))
             fps, stats = pipeline(engine, clip, tmp / "out.mp4", args.batch, composite)
             results["pipeline"].append(fps)
-            results["naive loop"].append(naive(engine, clip, tmp / "naive.mp4", composite))
+            results["naive loop"].append(naive(engine, clip, tmp / "naive.mp4", composite, steps))
     best = {name: max(v) for name, v in results.items()}
     print(
         f"\n{args.variant} at {size[0]}x{size[1]}, clip {width}x{height} x {args.frames} frames, "
-        f"batch {args.batch}, mode {args.mode}, torch threads {torch.get_num_threads()}, best of {args.rounds}"
+        f"batch {args.batch}, mode {args.mode}, backend {engine.backend} ({engine.precision}), "
+        f"torch threads {torch.get_num_threads()}, best of {args.rounds}"
     )
     print("| run | frames/s | vs model only |")
     print("| --- | --- | --- |")
@@ -126,6 +153,14 @@ def main() -> None:
         print(f"| {name} | {fps:.2f} | {fps / best['model only']:.2f} |")
     print(f"\npipeline / naive loop: {best['pipeline'] / best['naive loop']:.2f}x")
     print(stats.summary())
+    print("\nwhere a frame's time goes (naive loop, one step after another; medians)")
+    print("| step | ms per frame | share of the frame |")
+    print("| --- | --- | --- |")
+    total = sum(statistics.median(steps[name]) for name in STEPS)
+    for name, values in steps.items():
+        if values:
+            ms = 1000 * statistics.median(values)
+            print(f"| {name} | {ms:.1f} | {ms / 1000 / total:.0%} |")
 
 
 if __name__ == "__main__":
