@@ -246,7 +246,7 @@ def main() -> int:
         "| case | runner | median s | min s | frames/s | vs official | max sigmoid diff | convert+compile s (exact: compile only) | forward extra MB | peak RSS while converting MB | target |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for case in args.cases.split(","):
+    for case in filter(None, args.cases.split(",")):
         variant, size = case.split(":")
         for row in bench_case(args, variant, int(size), args.official):
 
