@@ -2,8 +2,7 @@
 that `run`, `serve` and `image` all get it from `auto`.
 
 Conversions take seconds each, so the module shares one cache folder and converts the lite
-network at two sizes (256x256 for the fixture, 64x64 for a size change at run time) plus one
-rebuild of a damaged entry.
+network at two sizes only: 256x256 for the fixture, 64x64 for a size change at run time.
 """
 
 from __future__ import annotations
@@ -142,6 +141,8 @@ def test_a_damaged_entry_is_rebuilt_with_one_line(recipe_model, exact_engine, fi
     shutil.copytree(source, entry)
     with open(entry / "model.bin", "r+b") as f:
         f.truncate(1000)
+    # The conversion itself is the other tests' subject: here the intact model stands in for it.
+    forward._convert = lambda size: forward._core.read_model(str(source / "model.xml"))
     forward.prepare(1, SIZE)
     assert forward.conversions == 1
     assert len(lines) == 1 and "damaged" in lines[0] and "256x256" in lines[0]
@@ -203,6 +204,7 @@ def test_image_gets_openvino(recipe_weights, exact_engine):
     assert args.backend == "torch"
 
 
+@pytest.mark.timeout(900)  # a conversion in the worker's low-priority thread, on a loaded machine
 async def test_serve_worker_gets_openvino_and_converts_a_new_size_once(recipe_weights, exact_engine, capfd):
     from streamer.config import load_config
     from streamer.frame import Frame
@@ -220,7 +222,7 @@ async def test_serve_worker_gets_openvino_and_converts_a_new_size_once(recipe_we
         for n, slot in enumerate(peers):
             image = torch.full((48, 80, 3), 40 * n, dtype=torch.uint8)
             slot.put(Frame(image, n, Fraction(1, 30), n, time.monotonic()))
-        return [await asyncio.wait_for(slot.get(), 120) for slot in peers]
+        return [await asyncio.wait_for(slot.get(), 600) for slot in peers]
 
     try:
         for result in await round_trip(SIZE):
