@@ -128,7 +128,9 @@ def test_a_new_batch_size_reuses_the_converted_model(exact_engine, fixture_data)
     torch.testing.assert_close(batch[1], exact_engine.predict(image[::-1].copy()), atol=1e-5, rtol=0)
 
 
-def test_a_damaged_entry_is_rebuilt_with_one_line(recipe_model, exact_engine, fixture_data, tmp_path):
+def test_a_damaged_entry_is_rebuilt_with_one_line_and_stale_ones_go(
+    recipe_model, exact_engine, fixture_data, tmp_path
+):
     from streamer.backends.openvino import OpenVINOForward
 
     exact_engine.predict(fixture_data["image"])
@@ -141,10 +143,14 @@ def test_a_damaged_entry_is_rebuilt_with_one_line(recipe_model, exact_engine, fi
     shutil.copytree(source, entry)
     with open(entry / "model.bin", "r+b") as f:
         f.truncate(1000)
+    stale = tmp_path / "lite-legacy-256x256-0123456789abcdef"  # written by another OpenVINO version
+    stale.mkdir()
+    (stale / "entry.json").write_text('{"openvino": "2023.0.0", "format": 1}')
     # The conversion itself is the other tests' subject: here the intact model stands in for it.
     forward._convert = lambda size: forward._core.read_model(str(source / "model.xml"))
     forward.prepare(1, SIZE)
     assert forward.conversions == 1
+    assert not stale.exists()
     assert len(lines) == 1 and "damaged" in lines[0] and "256x256" in lines[0]
     again = OpenVINOForward(recipe_model("lite"), "lite", "float32", cache_dir=tmp_path, notify=lines.append)
     again.prepare(1, SIZE)
