@@ -145,7 +145,7 @@ def test_a_damaged_entry_is_rebuilt_with_one_line_and_stale_ones_go(
         f.truncate(1000)
     stale = tmp_path / "lite-legacy-256x256-0123456789abcdef"  # written by another OpenVINO version
     stale.mkdir()
-    (stale / "entry.json").write_text('{"openvino": "2023.0.0", "format": 1}')
+    (stale / "entry.json").write_text('{"openvino": "2023.0.0", "format": 2}')
     # The conversion itself is the other tests' subject: here the intact model stands in for it.
     forward._convert = lambda size: forward._core.read_model(str(source / "model.xml"))
     forward.prepare(1, SIZE)
