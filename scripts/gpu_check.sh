@@ -5,7 +5,8 @@
 #
 # Steps: the CUDA tests (pytest -m cuda); the model (portrait and lite at 512 and 1024, float16 and
 # bfloat16, eager and CUDA graph; torch.compile at float16); the file pipeline at 1024 with
-# foreground estimation; live at 512 with a 1920x1080 camera. Without CUDA every step that needs
+# foreground estimation; live at 512 and 1024 with a 1920x1080 camera at 60 fps, keyframe every
+# frame and every 2nd frame. Without CUDA every step that needs
 # it is skipped and the script still finishes (tests/test_gpu_check.py checks that). A step that
 # would start after GPU_CHECK_DEADLINE_S seconds (default 420) is skipped and no step runs past
 # 45 s after it, so the whole call stays under 8 minutes; each step also has its own time limit. Environment: GPU_CHECK_PYTEST_ARGS
@@ -66,8 +67,9 @@ step "model torch.compile" 150 cuda python scripts/bench_model.py --device cuda 
     --repeats 20 --budget 4 --timeout 70
 step "file pipeline 1024, foreground estimation" 90 cuda python scripts/bench_pipeline.py --device cuda \
     --variant portrait --size 1024 --clip 1920x1080 --frames 48 --rounds 1
-step "live 512, 1920x1080 camera" 90 cuda python scripts/bench_live.py --device cuda \
-    --variant portrait --model-size 512 --frame-sizes 1920x1080 --duration 15
+step "live portrait 512/1024, 1920x1080 at 60 fps, keyframe every 1 and 2" 180 cuda \
+    python scripts/bench_live.py --device cuda --variant portrait --model-size 512,1024 \
+    --frame-sizes 1920x1080 --fps 60 --keyframe-every 1,2 --paths direct --duration 15
 
 {
     echo "# gpu_check: $(date -u '+%Y-%m-%d %H:%M UTC')"
