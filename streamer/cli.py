@@ -13,7 +13,7 @@ import sys
 from streamer import __version__
 from streamer.errors import StreamerError
 
-COMMANDS = ("image", "run", "batch", "serve", "doctor", "presets")
+COMMANDS = ("image", "eval", "run", "batch", "serve", "doctor", "presets")
 
 
 def build_parser() -> argparse.ArgumentParser:

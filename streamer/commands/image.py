@@ -45,7 +45,16 @@ def register(subparsers) -> None:
     p.add_argument(
         "--color", default="white", help="background of --format composite (name, #rrggbb or r,g,b)"
     )
-    p.add_argument("--variant", choices=("portrait", "lite", "general"), default="portrait")
+    add_engine_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(handler=run)
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The options `build_engine` reads, with the defaults of a one-off run on stills."""
+    from streamer.model import VARIANTS
+
+    p.add_argument("--variant", choices=tuple(VARIANTS), default="portrait")
     p.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
     p.add_argument(
         "--size", default="1024x1024", help="network input HxW, multiples of 32 (default 1024x1024)"
@@ -53,8 +62,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     add_backend_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.set_defaults(handler=run)
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -114,9 +121,9 @@ def write_image(picture: torch.Tensor, path: Path) -> None:
         remove_quietly(partial)
 
 
-def build(args: argparse.Namespace):
-    from streamer.compose.compositor import CompositeParams, Compositor
-    from streamer.config import parse_colour, parse_size
+def build_engine(args: argparse.Namespace):
+    """The engine of the model and backend options (also `streamer eval`)."""
+    from streamer.config import parse_size
     from streamer.engine import EngineParams, MattingEngine
 
     try:
@@ -127,10 +134,6 @@ def build(args: argparse.Namespace):
         threads = int(args.threads or 0)
     except ValueError:
         raise ConfigError(f"--threads: {args.threads!r} is not a whole number (0 = every core)") from None
-    try:
-        colour = parse_colour(args.color)
-    except ValueError as err:
-        raise ConfigError(f"--color: {args.color!r}: {err}") from None
     params = EngineParams(
         variant=args.variant,
         weights=args.weights,
@@ -140,8 +143,19 @@ def build(args: argparse.Namespace):
         backend=args.backend or "auto",
         threads=threads,
     )
+    return MattingEngine.from_params(params)
+
+
+def build(args: argparse.Namespace):
+    from streamer.compose.compositor import CompositeParams, Compositor
+    from streamer.config import parse_colour
+
+    try:
+        colour = parse_colour(args.color)
+    except ValueError as err:
+        raise ConfigError(f"--color: {args.color!r}: {err}") from None
     composite = CompositeParams(mode=FORMATS[args.format], color=colour)
-    engine = MattingEngine.from_params(params)
+    engine = build_engine(args)
     return engine, Compositor(composite, engine.device)
 
 
