@@ -57,7 +57,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=tuple(VARIANTS), default="portrait")
     p.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
     p.add_argument(
-        "--size", default="1024x1024", help="network input HxW, multiples of 32 (default 1024x1024)"
+        "--size",
+        help="network input HxW, multiples of 32 (default: the variant's training size, 1024x1024 for most)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
@@ -125,9 +126,10 @@ def build_engine(args: argparse.Namespace):
     """The engine of the model and backend options (also `streamer eval`)."""
     from streamer.config import parse_size
     from streamer.engine import EngineParams, MattingEngine
+    from streamer.model import VARIANTS
 
     try:
-        size = parse_size(args.size)
+        size = parse_size(args.size) if args.size else VARIANTS[args.variant].size
     except ValueError as err:
         raise ConfigError(f"--size: {args.size!r}: {err}") from None
     try:

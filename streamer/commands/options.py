@@ -44,9 +44,9 @@ def add_model_options(
     parser: argparse.ArgumentParser, title: str = "model", default_size: str = "1024x1024"
 ) -> None:
     group = parser.add_argument_group(title)
-    group.add_argument(
-        "--variant", choices=("portrait", "lite", "general"), help="network (default portrait)"
-    )
+    from streamer.model import VARIANTS
+
+    group.add_argument("--variant", choices=tuple(VARIANTS), help="network (default portrait)")
     group.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
     group.add_argument("--size", help=f"network input size HxW, multiples of 32 (default {default_size})")
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N")

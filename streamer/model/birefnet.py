@@ -26,14 +26,31 @@ class Variant:
     patch_order: str
     repo_id: str
     """Default Hugging Face repository of the official weights."""
+    size: tuple[int, int] = (1024, 1024)
+    """Default network input (height, width): the size the release was trained at."""
+
+    @property
+    def architecture(self) -> str:
+        return "Swin-L" if self.swin == SWIN_L else "Swin-T"
 
 
-# `general` tracks the current official code, which stacks patches in einops order; its HF weights
-# have been re-uploaded since that change, while portrait/lite predate it (spec.md section 6).
+# One row per official release. Backbones and training sizes are from the official README and model
+# zoo; patch orders follow the upload dates: weights trained before the einops patch stacking
+# (2024-11-05, spec.md section 6) use `legacy`, later ones `einops`. `general` has been re-uploaded
+# since that change. Rows the official README does not describe (dynamic-matting, 512x512) carry the
+# family's defaults; the README's model table says which facts are confirmed.
 VARIANTS = {
     "portrait": Variant("portrait", SWIN_L, "legacy", "ZhengPeng7/BiRefNet-portrait"),
     "lite": Variant("lite", SWIN_T, "legacy", "ZhengPeng7/BiRefNet_lite"),
     "general": Variant("general", SWIN_L, "einops", "ZhengPeng7/BiRefNet"),
+    "matting": Variant("matting", SWIN_L, "legacy", "ZhengPeng7/BiRefNet-matting"),
+    "dynamic": Variant("dynamic", SWIN_L, "einops", "ZhengPeng7/BiRefNet_dynamic"),
+    "dynamic-matting": Variant("dynamic-matting", SWIN_L, "einops", "ZhengPeng7/BiRefNet_dynamic-matting"),
+    "HR": Variant("HR", SWIN_L, "einops", "ZhengPeng7/BiRefNet_HR", (2048, 2048)),
+    "HR-matting": Variant("HR-matting", SWIN_L, "einops", "ZhengPeng7/BiRefNet_HR-matting", (2048, 2048)),
+    # Trained at 2560x1440 (width x height), i.e. landscape 16:9 frames.
+    "lite-2K": Variant("lite-2K", SWIN_T, "legacy", "ZhengPeng7/BiRefNet_lite-2K", (1440, 2560)),
+    "512x512": Variant("512x512", SWIN_L, "einops", "ZhengPeng7/BiRefNet_512x512", (512, 512)),
 }
 
 
