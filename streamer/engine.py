@@ -6,6 +6,7 @@ Pre- and post-processing run on the model's device so that only uint8 frames cro
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class EngineParams:
     """auto = OpenVINO on the CPU where it is installed (torch for float16 or compile), torch elsewhere."""
     threads: int = 0
     """CPU threads for the network (0 = the runtime's default, every core)."""
+    auto_size_pixels: int | None = None
+    """When set, `size` is ignored: each frame keeps its aspect ratio at up to this many network
+    pixels (`--size auto`, for the dynamic-resolution release); see `auto_input_size`."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -76,10 +80,29 @@ class EngineParams:
             raise ConfigError(f"model.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"model.threads: {self.threads!r} is not a count of threads (0 = every core)")
+        if self.auto_size_pixels is not None and self.auto_size_pixels < MULTIPLE * MULTIPLE:
+            raise ConfigError(
+                f"model.auto_size_pixels: {self.auto_size_pixels} is below {MULTIPLE * MULTIPLE} "
+                "(use e.g. 1048576 for about 1024x1024)"
+            )
         if self.batch_size < 1:
             raise ConfigError(
                 f"model.batch_size: {self.batch_size} must be at least 1 (use 1 for live video)"
             )
+
+
+def auto_input_size(height: int, width: int, pixels: int) -> tuple[int, int]:
+    """The largest network size with the frame's aspect ratio, sides multiples of 32, and at most
+    `pixels` pixels (each side at least 32)."""
+    scale = math.sqrt(pixels / (height * width))
+
+    def tiles(side: float) -> int:
+        return max(MULTIPLE, int(side) // MULTIPLE * MULTIPLE)
+
+    h = tiles(height * scale)
+    # A side raised to the 32-pixel minimum must not push the other past the budget.
+    w = tiles(min(width * scale, pixels / h))
+    return tiles(min(h, pixels / w)), w
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,12 +209,17 @@ class MattingEngine:
     def resize(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 on any device -> (B, 3, h, w) float 0..255 at network size, on device."""
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        h, w = self.size
+        h, w = self.input_size(*x.shape[-2:])
         if x.shape[-2:] != (h, w):
             # Antialiasing only matters when shrinking; it mirrors the PIL resize of the official recipe.
             shrink = x.shape[-2] > h or x.shape[-1] > w
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
         return x
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input size for a frame of this size."""
+        pixels = self.params.auto_size_pixels
+        return self.size if pixels is None else auto_input_size(height, width, pixels)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Network-size (B, 3, h, w) 0..255 floats -> (B, h, w) float32 alpha (inference tensors)."""
@@ -221,7 +249,11 @@ class MattingEngine:
             if not frames:
                 return []
             with torch.inference_mode():
-                alpha = self.infer(torch.cat([self.resize(f[None]) for f in frames]))
+                inputs = [self.resize(f[None]) for f in frames]
+                if len({x.shape for x in inputs}) > 1:  # --size auto: frames of other shapes
+                    alpha = [self.infer(x)[0] for x in inputs]
+                else:
+                    alpha = self.infer(torch.cat(inputs))
             return [self._to_size(a[None], f.shape[:2])[0] for a, f in zip(alpha, frames, strict=True)]
         image = _as_hwc_tensor(images)
         batch = image if image.ndim == 4 else image[None]

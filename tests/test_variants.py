@@ -68,3 +68,47 @@ def test_half_precision_file_loads_into_the_chosen_dtype(recipe_state_dict, tmp_
     assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
     key = "decoder.conv_out1.0.weight"
     assert torch.equal(engine.model.state_dict()[key], half[key].to(torch.bfloat16))
+
+
+def test_auto_size_keeps_a_portrait_frame_upright():
+    from streamer.engine import auto_input_size
+
+    # A phone video held upright (1080 wide, 1920 tall) within the dynamic release's 1024x1024 budget.
+    h, w = auto_input_size(1920, 1080, 1024 * 1024)
+    assert (h, w) == (1344, 768) and h * w <= 1024 * 1024
+    assert abs(h / w - 1920 / 1080) < 0.05
+    assert auto_input_size(1080, 1920, 1024 * 1024) == (768, 1344)
+    assert auto_input_size(10, 5000, 64 * 64) == (32, 128)  # never below one 32-pixel tile
+
+
+def test_auto_size_runs_the_network_at_the_frame_aspect(recipe_weights):
+    from streamer.engine import EngineParams, MattingEngine
+
+    weights = str(recipe_weights("lite"))
+    auto = MattingEngine.from_params(
+        EngineParams(variant="lite", weights=weights, device="cpu", auto_size_pixels=96 * 96)
+    )
+    frame = torch.randint(0, 256, (150, 90, 3), dtype=torch.uint8)  # portrait orientation
+    seen = []
+    infer = auto.infer
+    auto.infer = lambda x: seen.append(tuple(x.shape[-2:])) or infer(x)
+    alpha = auto.predict(frame)
+    assert seen == [(96, 64)] and alpha.shape == (150, 90)
+    fixed = MattingEngine.from_params(
+        EngineParams(variant="lite", weights=weights, device="cpu", size=(96, 64))
+    )
+    assert torch.allclose(alpha, fixed.predict(frame), atol=1e-6)
+    # Frames of other shapes in one call each keep their own aspect ratio.
+    wide = torch.randint(0, 256, (60, 120, 3), dtype=torch.uint8)
+    seen.clear()
+    out = auto.predict([frame, wide])
+    assert seen == [(96, 64), (64, 128)] and [a.shape for a in out] == [(150, 90), (60, 120)]
+
+
+def test_size_auto_option_uses_the_variant_budget(recipe_weights):
+    from streamer.commands.image import build_engine
+
+    args = argparse.Namespace(
+        variant="lite", weights=str(recipe_weights("lite")), size="auto", device="cpu", dtype="auto"
+    )
+    assert build_engine(args).params.auto_size_pixels == 1024 * 1024

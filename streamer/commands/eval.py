@@ -207,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
             settings.update(
                 variant=args.variant,
                 weights=args.weights,
-                size=list(engine.size),
+                size="auto" if engine.params.auto_size_pixels else list(engine.size),
+                auto_size_pixels=engine.params.auto_size_pixels,
                 device=str(engine.device),
                 dtype=str(engine.dtype).removeprefix("torch."),
                 patch_order=engine.model.patch_order if hasattr(engine.model, "patch_order") else None,

@@ -58,7 +58,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
     p.add_argument(
         "--size",
-        help="network input HxW, multiples of 32 (default: the variant's training size, 1024x1024 for most)",
+        help="network input HxW, multiples of 32 (default: the variant's training size, 1024x1024 for "
+        "most), or auto: each image's aspect ratio within that many pixels (for --variant dynamic)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
@@ -128,10 +129,14 @@ def build_engine(args: argparse.Namespace):
     from streamer.engine import EngineParams, MattingEngine
     from streamer.model import VARIANTS
 
-    try:
-        size = parse_size(args.size) if args.size else VARIANTS[args.variant].size
-    except ValueError as err:
-        raise ConfigError(f"--size: {args.size!r}: {err}") from None
+    size, auto = VARIANTS[args.variant].size, None
+    if args.size and args.size.strip().lower() == "auto":
+        auto = size[0] * size[1]  # the release's own pixel count is the budget
+    elif args.size:
+        try:
+            size = parse_size(args.size)
+        except ValueError as err:
+            raise ConfigError(f"--size: {args.size!r}: {err} or auto") from None
     try:
         threads = int(args.threads or 0)
     except ValueError:
@@ -144,6 +149,7 @@ def build_engine(args: argparse.Namespace):
         dtype=args.dtype,
         backend=args.backend or "auto",
         threads=threads,
+        auto_size_pixels=auto,
     )
     return MattingEngine.from_params(params)
 
