@@ -160,3 +160,18 @@ def test_bad_folders_get_one_line(tmp_path, capsys, setup, message):
     assert main(["eval", "--predictions", str(a), "--masks", str(b)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_unreadable_file_is_skipped_with_one_warning(pair_files, tmp_path, capsys):
+    gts, preds = pair_files
+    gt_dir, pred_dir = Path(gts[0]).parent, Path(preds[0]).parent
+    (pred_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("L", (8, 8), 255).save(gt_dir / "broken.png")
+    report = tmp_path / "r.json"
+    assert (
+        main(["eval", "--predictions", str(pred_dir), "--masks", str(gt_dir), "--report", str(report)]) == 3
+    )
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "broken.png" in warning[0]
+    data = json.loads(report.read_text())
+    assert data["count"] == 20 and data["unreadable"] == [str(pred_dir / "broken.png")]

@@ -18,10 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from streamer.commands.image import IMAGE_SUFFIXES, add_engine_options, build_engine, read_image, write_image
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
-from streamer.evaluate import METRICS, Evaluation, format_summary
+from streamer.evaluate import METRICS, Evaluation, fit_to_truth, format_summary
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
 
@@ -169,21 +170,21 @@ def run(args: argparse.Namespace) -> int:
     evaluation = Evaluation()
     damage = InputDamage(args.images or args.predictions, files_expected=len(pairs))
     keep: list[dict] = []  # the current worst pairs, with pixels for the contact sheet
-    from tqdm import tqdm
-
     for stem, source, truth in tqdm(pairs, unit="image", disable=len(pairs) < 2 or None):
         try:
             gt = read_matte(truth)
+        except (OSError, ValueError):
+            damage.files_lost.append(str(truth))
+            continue
+        try:
             image = read_image(source) if network else None
             pred = network_matte(engine, image) if network else read_matte(source)
         except (OSError, ValueError):
-            damage.files_lost.append(f"{source} or {truth}")
+            damage.files_lost.append(str(source))
             continue
         evaluation.add(stem, pred, gt)
         if args.sheet and args.worst:
             row = evaluation.per_image()[-1]
-            from streamer.evaluate import fit_to_truth
-
             row.update(gt=gt, pred=fit_to_truth(pred, gt), image=None)
             if image is not None:
                 row["image"] = cv2.resize(image.numpy(), (gt.shape[1], gt.shape[0]))
