@@ -61,7 +61,15 @@ def test_half_precision_file_loads_into_the_chosen_dtype(recipe_state_dict, tmp_
     half = {k: v.half() if v.is_floating_point() else v for k, v in recipe_state_dict("lite").items()}
     path = tmp_path / "lite-2K-fp16.safetensors"
     save_file(half, str(path))
-    args = argparse.Namespace(variant="lite-2K", weights=str(path), size=None, device="cpu", dtype="bfloat16")
+    args = argparse.Namespace(
+        variant="lite-2K",
+        weights=str(path),
+        size=None,
+        device="cpu",
+        dtype="bfloat16",
+        backend="torch",
+        threads=None,
+    )
     engine = build_engine(args)
     assert engine.size == (1440, 2560)  # the release's own size when --size is not given
     assert engine.model.patch_order == "legacy"
@@ -109,6 +117,12 @@ def test_size_auto_option_uses_the_variant_budget(recipe_weights):
     from streamer.commands.image import build_engine
 
     args = argparse.Namespace(
-        variant="lite", weights=str(recipe_weights("lite")), size="auto", device="cpu", dtype="auto"
+        variant="lite",
+        weights=str(recipe_weights("lite")),
+        size="auto",
+        device="cpu",
+        dtype="auto",
+        backend="torch",
+        threads=None,
     )
     assert build_engine(args).params.auto_size_pixels == 1024 * 1024
