@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -82,3 +84,29 @@ class FnStage:
             if self.fn is not None:
                 self.fn(frame)
         return frames
+
+
+@contextlib.contextmanager
+def params_switched(target, choices):
+    """Assign `target.params` from `choices` in turn, from another thread, while the body runs.
+
+    The GIL is handed over as often as possible so that changes land in the middle of a frame
+    (the live bug this guards: a mode read twice per frame). Yields the list holding the count
+    of switches made."""
+    stop, switches = threading.Event(), [0]
+
+    def switch():
+        while not stop.is_set():
+            target.params = choices[switches[0] % len(choices)]
+            switches[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=switch, daemon=True)
+    thread.start()
+    try:
+        yield switches
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)

@@ -4,6 +4,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from harness import params_switched
 from PIL import Image
 
 from streamer.compose.compositor import CompositeParams, Compositor
@@ -234,29 +235,11 @@ def test_each_frame_reads_the_params_once(tmp_path, opencv):
 
 def test_modes_switched_from_another_thread_while_compositing(tmp_path):
     """The bug seen live: `KeyError: 'blur'` when the page switched colour -> blur mid-frame."""
-    import sys
-    import threading
-
     modes = live_modes(tmp_path)
     compositor = Compositor(modes[0])
     image, alpha = subject()
-    stop, switches = threading.Event(), [0]
-
-    def switch():
-        while not stop.is_set():
-            compositor.params = modes[switches[0] % len(modes)]
-            switches[0] += 1
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: changes land mid-frame
-    thread = threading.Thread(target=switch, daemon=True)
-    thread.start()
-    try:
+    with params_switched(compositor, modes) as switches:
         for i in range(400):
             out = compositor(image, alpha, i / 30)
             assert out.shape[:2] == (H, W) and out.shape[2] in (1, 3, 4)
-    finally:
-        stop.set()
-        thread.join()
-        sys.setswitchinterval(interval)
     assert switches[0] > 400

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from harness import params_switched
 
 from streamer.errors import ConfigError
 from streamer.smoothing import (
@@ -234,29 +235,11 @@ def test_each_frame_reads_the_params_once():
 
 
 def test_params_switched_from_another_thread_while_smoothing():
-    import sys
-    import threading
-
     smoother = TemporalSmoother(LIVE[0], "cpu")
-    stop, switches = threading.Event(), [0]
-
-    def switch():
-        while not stop.is_set():
-            smoother.params = LIVE[switches[0] % len(LIVE)]
-            switches[0] += 1
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: changes land mid-frame
-    thread = threading.Thread(target=switch, daemon=True)
-    thread.start()
-    try:
+    with params_switched(smoother, LIVE) as switches:
         for i in range(400):
             alpha, image = scene(20 + i % 5)
             assert smoother(alpha, image, i / 30).shape == (H, W)
-    finally:
-        stop.set()
-        thread.join()
-        sys.setswitchinterval(interval)
     assert switches[0] > 400
 
 
