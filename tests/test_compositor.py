@@ -4,12 +4,12 @@ import av
 import numpy as np
 import pytest
 import torch
-from harness import params_switched
 from PIL import Image
 
 from streamer.compose.compositor import CompositeParams, Compositor
 from streamer.compose.edges import feather, gamma, grow, threshold
 from streamer.errors import ConfigError
+from tests.harness import params_switched
 
 H, W = 40, 60
 

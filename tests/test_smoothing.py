@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from harness import params_switched
 
 from streamer.errors import ConfigError
 from streamer.smoothing import (
@@ -17,6 +16,7 @@ from streamer.smoothing import (
     grow_max_torch,
     still_weight,
 )
+from tests.harness import params_switched
 
 H, W = 48, 64
 
