@@ -354,7 +354,9 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         assert status == 200 and reply["smoothing"]["strength"] == 0.9 and reply["smoothing"]["enabled"]
         async with http.get(f"{base}/stats", params={"peer": client.peer}) as response:
             stats = await response.json()
-        assert stats["sent"] >= 6 and stats["received"] >= stats["sent"] and stats["fps"] > 0
+        # fps is a rate over the last 2 s (RateMeter, tested on its own clock in test_stats): a
+        # starved network may have sent nothing in that window, so only its presence is checked.
+        assert stats["sent"] >= 6 and stats["received"] >= stats["sent"] and stats["fps"] >= 0
         assert stats["latency_ms_p50"] is not None and stats["size"] == [64, 64]
         assert stats["video"] == "VP8 (streamer encoder)"
         assert stats["compat"]["encoder"] == stats["compat"]["jitter_buffer"] == "ok"
