@@ -319,7 +319,7 @@ def make_server(engine=None, source: str | None = None, **serve) -> LiveServer:
     config = load_config(
         None, {"model": model, "composite": {"mode": "matte"}, "smoothing": {"enabled": False}}
     )
-    params = ServeParams(source=source, admin_token=ADMIN_TOKEN, **serve)
+    params = ServeParams(**{"source": source, "admin_token": ADMIN_TOKEN, **serve})
     return build_server(config, source=source, engine=engine or GatedEngine(gated=False), params=params)
 
 

@@ -290,8 +290,11 @@ def decode_image(data: bytes) -> np.ndarray:
                 return np.asarray(rgb)
         except HTTPProblem:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise TooLarge("background: the picture is too large; upload a smaller one") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            # Pillow's own check, made while reading the header: its message gives the size.
+            raise TooLarge(
+                f"background: the picture is too large ({str(err)[:90]}); upload a smaller one"
+            ) from None
         except Exception as err:  # Pillow's many complaints about a broken file are the client's to fix
             reason = str(err)[:80] or type(err).__name__
             raise BadRequest(
