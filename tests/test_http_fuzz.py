@@ -423,3 +423,75 @@ def test_a_served_file_never_leaves_the_static_folder(live):
                 return response.status
 
     assert live.run(probe()) in (403, 404)
+
+
+async def raw_exchange(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(4096), 10)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def test_malformed_http_framing(live):
+    host = live.base.removeprefix("http://")
+    header_lines = st.lists(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "Content-Type: application/json",
+                    "Transfer-Encoding: chunked",
+                    "Transfer-Encoding: gzip, chunked",
+                    "Content-Encoding: gzip",
+                    "Content-Length: 5",
+                    "Content-Length: -1",
+                    "Content-Length: 99999999999999999999",
+                    "Content-Length: 1, 2",
+                    "Expect: 100-continue",
+                    "Connection: upgrade",
+                    "Upgrade: websocket",
+                    "X: " + "y" * 9000,
+                    " folded",
+                    "NoColon",
+                    "Bad Name: x",
+                ]
+            ),
+            st.text(max_size=30).map(lambda t: t.replace("\r", "").replace("\n", "")),
+        ),
+        max_size=6,
+    )
+
+    @FUZZ
+    @given(
+        start=st.sampled_from(
+            [
+                "POST /params HTTP/1.1",
+                "POST /offer HTTP/1.1",
+                "GET /stats?peer=%zz HTTP/1.1",
+                "POST /x HTTP/9.9",
+                "BREW / HTCPCP/1.0",
+                "",
+            ]
+        ),
+        lines=header_lines,
+        body=st.binary(max_size=200)
+        | st.sampled_from([b"5\r\nhello\r\n0\r\n\r\n", b"zz\r\n", b"\x1f\x8b\x08\x00" * 4]),
+    )
+    def run(start, lines, body):
+        request = "\r\n".join([start, f"Host: {host}", *lines]).encode("utf-8", "surrogateescape")
+        answer = live.run(raw_exchange(live.base, request + b"\r\n\r\n" + body))
+        status = answer.split(b" ", 2)[1:2]
+        assert not (status and status[0].startswith(b"5")), answer[:300]
+        assert not live.recorder.bad, live.recorder.bad
+
+    run()
+    finish(live)

@@ -46,6 +46,7 @@ from streamer.live.http_guard import (
     BadRequest,
     Forbidden,
     decode_image,
+    handler_args,
     read_json,
     read_upload,
 )
@@ -126,7 +127,11 @@ class LiveServer:
 
     def build(self) -> web.Application:
         # The guard reads bodies itself, each to its own limit; this is only the backstop.
-        app = web.Application(middlewares=[self.access.middleware()], client_max_size=MAX_UPLOAD_BYTES)
+        app = web.Application(
+            middlewares=[self.access.middleware()],
+            client_max_size=MAX_UPLOAD_BYTES,
+            handler_args=handler_args(),
+        )
         app.router.add_get("/", self.index)
         app.router.add_static("/static", STATIC)
         app.router.add_get("/config", self.config)

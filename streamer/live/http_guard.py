@@ -21,6 +21,7 @@ import hmac
 import io
 import ipaddress
 import json
+import logging
 import math
 import re
 import warnings
@@ -29,6 +30,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from streamer.errors import ConfigError
 
@@ -65,6 +68,27 @@ class Forbidden(HTTPProblem):
 
 class TooLarge(HTTPProblem):
     status = 413
+
+
+class ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's server log, with requests it cannot even parse (a broken request line, header or
+    chunked body: the client's fault) as one warning line instead of an error with a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
+        if isinstance(exc_info, HttpProcessingError | RequestPayloadError):
+            remote = args[0] if args else "?"
+            self.warning("refused a malformed request from %s: %s", remote, one_line(str(exc_info))[:200])
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def handler_args() -> dict:
+    """What the app's request handlers are made with: the log above, and request bodies left
+    compressed (a browser never compresses them; decompressing would multiply what we read)."""
+    return {"logger": ProtocolLog(), "auto_decompress": False}
 
 
 def one_line(message: str) -> str:
@@ -202,10 +226,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"{request.path[:80]}: the body is over {limit // 1024} KiB; send less")
     data = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise TooLarge(f"{request.path[:80]}: the body is over {limit // 1024} KiB; send less")
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                raise TooLarge(f"{request.path[:80]}: the body is over {limit // 1024} KiB; send less")
+    except (HttpProcessingError, RequestPayloadError) as err:
+        raise BadRequest(f"{request.path[:80]}: the body is malformed ({str(err)[:80]})") from None
     return bytes(data)
 
 
