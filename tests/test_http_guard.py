@@ -333,3 +333,52 @@ def test_colour_and_size_refuse_non_finite_numbers(value):
         parse_colour(value if isinstance(value, list) else [value, 0, 0])
     with pytest.raises(ValueError):
         parse_size(value if isinstance(value, list) else [value, 64])
+
+
+# -- the operator's options ------------------------------------------------------------------------
+def test_serve_options_for_the_http_surface(tmp_path):
+    from streamer.cli import build_parser
+    from streamer.live.serve import ServeParams
+
+    args = build_parser().parse_args(
+        ["serve", "--allowed-host", "Cam.LAN", "--allowed-host", "[::1]", "--max-size", "768"]
+        + ["--admin-token", "x" * 16, "--backgrounds", str(tmp_path)]
+    )
+    assert (args.allowed_host, args.max_size, args.backgrounds) == (
+        ["Cam.LAN", "[::1]"],
+        "768",
+        str(tmp_path),
+    )
+    params = ServeParams(allowed_hosts=tuple(args.allowed_host), max_size=args.max_size)
+    assert params.allowed_hosts == ("cam.lan", "::1") and params.max_size == (768, 768)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--admin-token", "short"], "--admin-token: use at least 16 characters"),
+        (["--max-size", "huge"], "--max-size: 'huge' is not a size like 512x512"),
+        (["--allowed-host", "evil.example/x"], "--allowed-host: 'evil.example/x' is not a host name"),
+        (["--backgrounds", "/nowhere/at/all"], "--backgrounds: /nowhere/at/all is not a folder"),
+    ],
+)
+def test_bad_serve_options_stop_with_one_line(argv, message, capsys, tmp_path):
+    from streamer.cli import main
+
+    weights = tmp_path / "missing.safetensors"
+    assert main(["serve", "--port", "0", "--weights", str(weights), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_allowed_host_names_pass_the_host_check():
+    from aiohttp.test_utils import make_mocked_request
+
+    access = http_guard.Access(frozenset({"cam.lan"}))
+    for host, allowed in (("cam.lan:8080", True), ("CAM.LAN", True), ("evil.example", False), ("", False)):
+        request = make_mocked_request("GET", "/", headers={"Host": host} if host else {})
+        if allowed:
+            access.check_host(request)
+        else:
+            with pytest.raises(http_guard.HTTPProblem):
+                access.check_host(request)
