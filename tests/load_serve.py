@@ -1,6 +1,6 @@
 """Load for `streamer serve`, run by tests/test_load.py inside a network namespace of its own.
 
-Starts a real `streamer serve` (lite recipe weights at 64x64), then for `--duration` seconds
+Starts a real `streamer serve` (lite recipe weights at 32x32 to 64x64), then for `--duration` seconds
 keeps `--peers` WebRTC peers connecting, receiving frames and hanging up (politely or by just
 dropping the connection) at random, while one more peer stays connected and switches modes,
 uploads and picks backgrounds, changes the shared size with the admin token and posts a few
@@ -140,11 +140,19 @@ async def churn(http, base, tally, rng: random.Random, until: float, index: int,
     return cycles
 
 
-async def control(peer: Peer, rng: random.Random, until: float, stalls: list) -> int:
-    """The peer that stays: switches modes and posts settings (and a few mistakes) all along."""
+SIZES = [32, 64, [32, 64], [64, 32]]
+"""What the control peer sets the shared model size to (the server starts at 32, --max-size 64)."""
+
+
+async def control(
+    peer: Peer, rng: random.Random, until: float, stalls: list, every_kind: bool = False
+) -> int:
+    """The peer that stays: switches modes and posts settings (and a few mistakes) all along;
+    with `every_kind`, it makes each kind of change once first, the largest size included."""
     changes = 0
-    while time.monotonic() < until:
-        choice = rng.randrange(10)
+    kinds = list(range(10)) if every_kind else []
+    while time.monotonic() < until or kinds:
+        choice = kinds.pop(0) if kinds else rng.randrange(10)
         if choice == 0:
             headers = {"Content-Type": "image/png", "Origin": peer.base}
             colour = tuple(rng.randrange(256) for _ in range(3))
@@ -156,7 +164,7 @@ async def control(peer: Peer, rng: random.Random, until: float, stalls: list) ->
                 "/params", {"peer": peer.id, "composite": {"background": "studio.png", "mode": "image"}}
             )
         elif choice == 2:
-            size = rng.choice([32, 64, 96, [64, 96]])
+            size = 64 if every_kind and changes < 10 else rng.choice(SIZES)
             await peer.post("/params", {"peer": peer.id, "size": size}, headers=ADMIN, what="/params size")
         elif choice == 3:  # mistakes: refused, and nothing else happens
             body = rng.choice(
@@ -220,9 +228,9 @@ async def load(base: str, pid: int, peers: int, duration: float, seed: int) -> d
     async with aiohttp.ClientSession(timeout=timeout) as http:
         # First round: every kind of request once, with every peer at the same time, so that the
         # server's pools and caches have grown to what the run needs before the baseline is taken.
-        stayer = Peer(http, base, tally, seed=-1)
+        stayer = Peer(http, base, tally, seed=10**6)
         assert await stayer.connect(), tally.unexpected
-        await control(stayer, rng, time.monotonic() + 8, stalls)
+        await control(stayer, rng, time.monotonic() + 8, stalls, every_kind=True)
         first_until = time.monotonic() + 10
         await asyncio.gather(*(churn(http, base, tally, rng, first_until, i, stalls) for i in range(peers)))
         after_first = await settle(pid, None, 60)
@@ -233,6 +241,8 @@ async def load(base: str, pid: int, peers: int, duration: float, seed: int) -> d
             *(churn(http, base, tally, random.Random(seed + i), until, i, stalls) for i in range(peers)),
         )
         stayed = await stayer.wait_frames(5, timeout=30)
+        async with http.get(f"{base}/stats", params={"peer": stayer.id}) as response:
+            stayer_stats = await response.json()
         await stayer.close(politely=True)
     after_run = await settle(pid, after_first, 60)
     return {
@@ -243,6 +253,7 @@ async def load(base: str, pid: int, peers: int, duration: float, seed: int) -> d
         "connections": sum(results[1:]),
         "control_peer_frames": stayer.frames,
         "control_peer_still_receiving": stayed,
+        "control_peer_stats": stayer_stats,
         "after_first_round": after_first,
         "after_run": after_run,
     }
@@ -268,8 +279,8 @@ def main() -> int:
     (work / "backgrounds" / "studio.png").write_bytes(png_bytes((40, 90, 200)))
     port = free_port()
     command = [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--variant", "lite", "--weights", args.weights, "--size", "64", "--device", "cpu"]
-    command += ["--mode", "matte", "--max-size", "96", "--admin-token", TOKEN]
+    command += ["--variant", "lite", "--weights", args.weights, "--size", "32", "--device", "cpu"]
+    command += ["--mode", "matte", "--max-size", "64", "--admin-token", TOKEN]
     command += ["--backgrounds", str(work / "backgrounds")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log_path = work / "serve.log"
