@@ -6,10 +6,14 @@ pixels are read back. Uses Debian's /usr/bin/chromium (never `playwright install
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -112,6 +116,32 @@ def server(recipe_weights, tmp_path):
         log.close()
 
 
+ATTACK = """<!doctype html><script>
+// What any web page can do without a CORS preflight: a POST with a form-like content type.
+window.attack = (peer) => fetch("%s/params", {
+  method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+  body: JSON.stringify({peer, composite: {color: "#00ffff"}}),
+});
+</script>"""
+
+
+@contextlib.contextmanager
+def other_site(folder: Path, target: str):
+    """A page served from another origin (another port) that posts to `target`."""
+    site = folder / "site"
+    site.mkdir()
+    (site / "index.html").write_text(ATTACK % target)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_page_connects_and_shows_the_composite(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -134,6 +164,20 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             assert (pixels["width"], pixels["height"]) == (640, 480)
             red, green, blue = pixels["mean"]
             assert red > 220 and green < 35 and blue > 220, pixels
+            # Another site (another port is another origin) cannot change it: the browser sends the
+            # form-like request, the server refuses it, and the picture stays magenta.
+            with other_site(tmp_path, server) as attacker:
+                evil = context.new_page()
+                evil.goto(attacker)
+                with evil.expect_response(lambda r: r.url.endswith("/params")) as refused:
+                    evil.evaluate(
+                        "(peer) => window.attack(peer)", page.evaluate("window.streamer.state.peer")
+                    )
+                assert refused.value.status == 403
+                evil.close()
+            page.wait_for_timeout(1000)
+            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
+            assert red > 220 and green < 35 and blue > 220
             # A control change reaches this peer without reconnecting.
             page.evaluate("window.streamer.sendControls({composite: {color: '#00ffff'}})")
             page.wait_for_timeout(1500)
