@@ -63,9 +63,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ADMIN_TOKEN = "browser-test-admin-0123456789"
+
+
 @pytest.fixture
 def server(recipe_weights, tmp_path):
-    """A real `streamer serve` process: lite recipe weights at 64x64, mode color magenta, all background."""
+    """A real `streamer serve` process: lite recipe weights at 64x64, mode color magenta, all
+    background; an admin token, and a folder holding one yellow picture."""
+    from PIL import Image
+
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    Image.new("RGB", (64, 48), (255, 255, 0)).save(backgrounds / "yellow.png")
     port = free_port()
     command = [
         sys.executable,
@@ -92,6 +101,10 @@ def server(recipe_weights, tmp_path):
         # background: every pixel must then be the chosen colour, whatever the camera shows.
         "--set",
         "composite.threshold=1.0",
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--backgrounds",
+        str(backgrounds),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     log = (tmp_path / "serve.log").open("w+")
@@ -151,8 +164,10 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
         )
         try:
             page = context.new_page()
-            page.goto(server)
+            page.goto(f"{server}/#admin={ADMIN_TOKEN}")
             page.wait_for_function("window.streamer && window.streamer.state.config !== null")
+            # The operator's page: the token leaves the address bar, the shared size shows.
+            assert page.evaluate("location.hash") == "" and page.is_visible("#size")
             page.click("#start")
             page.wait_for_function(
                 "document.getElementById('status').textContent === 'connected'", timeout=20000
@@ -183,6 +198,15 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             page.wait_for_timeout(1500)
             red, green, blue = page.evaluate(READ_PIXELS)["mean"]
             assert red < 35 and green > 220 and blue > 220
+            # A picture from the operator's folder, picked by name.
+            page.select_option("#named-background", "yellow.png")
+            page.wait_for_timeout(1500)
+            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
+            assert red > 220 and green > 220 and blue < 35
+            # The shared model size, with the operator's token (at most --max-size: the starting 64).
+            assert page.eval_on_selector_all("#size option", "(o) => o.map((e) => e.value)") == ["32", "64"]
+            page.select_option("#size", "32")
+            page.wait_for_function("document.querySelector('[data-stat=size]')?.textContent === '32x32'")
             page.wait_for_function("document.querySelector('[data-stat=fps]')?.textContent > 0")
             # The browser decoded what the server's own VP8 encoder (streamer.live.aiortc_compat) sent.
             assert page.text_content("[data-stat=video]") == "VP8 (streamer encoder)"

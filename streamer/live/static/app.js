@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { pc: null, peer: null, config: null, timer: null, camera: null, admin: null };
-const SIZES = [128, 192, 256, 320, 384, 512, 768, 1024];
+const SIZES = [32, 64, 128, 192, 256, 320, 384, 512, 768, 1024];
 
 function showError(message) { $("error").textContent = message || ""; }
 function setStatus(text) { $("status").textContent = text; }
