@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--backgrounds",
         metavar="FOLDER",
-        help="pictures and videos the page may pick as a background (by name; nothing else is served)",
+        help="a folder of pictures and videos the page may pick as backgrounds, by name (requests never name server files)",
     )
     parser.add_argument(
         "--allowed-host",
