@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import struct
@@ -197,6 +198,22 @@ def png_claiming(width: int, height: int, data: bytes) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+def picture(width: int, height: int, kind: str, truncate: int) -> bytes:
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (width, height), (width % 256, height % 256, 7)).save(data, format=kind)
+    return data.getvalue()[: truncate or None]
+
+
+real_pictures = st.tuples(
+    st.integers(1, 300),
+    st.integers(1, 300),
+    st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM"]),
+    st.sampled_from([0, 0, 0, 20, 100]),
+)
+
+
 headers_st = st.fixed_dictionaries(
     {},
     optional={
@@ -377,11 +394,17 @@ def test_uploads_of_any_bytes_and_headers(live):
         data=st.binary(max_size=256),
         as_png=st.booleans(),
         content_type=st.sampled_from(["image/png", "application/octet-stream", "image/jpeg", "text/plain"]),
+        real=st.none() | real_pictures,
     )
-    def run(peer, width, height, data, as_png, content_type):
-        body = png_claiming(width, height, data) if as_png else data
+    def run(peer, width, height, data, as_png, content_type, real):
+        body = picture(*real) if real is not None else png_claiming(width, height, data) if as_png else data
         params = {"peer": peer} if isinstance(peer, str) else {}
-        check(live, "POST", "/background", data=body, params=params, headers={"Content-Type": content_type})
+        status = check(
+            live, "POST", "/background", data=body, params=params, headers={"Content-Type": content_type}
+        )
+        whole = real is not None and real[2] in http_guard.IMAGE_FORMATS and not real[3]
+        if whole and peer == live.client.peer and content_type != "text/plain":
+            assert status == 200  # a whole picture in a format we take, sent as a page sends it
 
     run()
     finish(live)
