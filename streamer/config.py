@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -72,8 +74,8 @@ def parse_colour(value: Any) -> tuple[int, int, int]:
             return tuple(int(text[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
         value = [p for p in re.split(r"[,\s]+", text) if p]
     try:
-        rgb = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+        rgb = tuple(_whole(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
         rgb = ()
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
         raise ValueError("expected a colour like '#00ff00', '0,255,0' or a name (green, blue, black, ...)")
@@ -82,18 +84,44 @@ def parse_colour(value: Any) -> tuple[int, int, int]:
 
 def parse_size(value: Any) -> tuple[int, int]:
     """'512x288' (height x width), '512' or [512, 288] -> (512, 288)."""
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, str):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    elif isinstance(value, str):
         parts = [p for p in re.split(r"[x,\s]+", value.strip().lower()) if p]
         value = parts * 2 if len(parts) == 1 else parts
     try:
-        size = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+        size = tuple(_whole(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
         size = ()
     if len(size) != 2 or min(size) <= 0:
         raise ValueError("expected a size like 512x512 (height x width)")
     return size  # type: ignore[return-value]
+
+
+def _whole(value: Any) -> int:
+    """A whole number from an int, an integral finite float or its text; ValueError otherwise.
+
+    `int()` alone would truncate 2.5, raise OverflowError on inf and accept True."""
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError("not a whole number")
+    return int(value)
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    return number
+
+
+def shorten(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to about `limit` characters: messages quote what they refuse, never all of it."""
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = brief.maxlong = limit
+    text = brief.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
@@ -115,11 +143,14 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return False
         raise ValueError("expected true or false")
     if hint is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError("expected a whole number")
-        return int(value)
+        try:
+            return _whole(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("expected a whole number") from None
     if hint is float:
-        return float(value)
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return _finite(value)
     if hint is str:
         return str(value)
     if origin is tuple:
@@ -144,13 +175,13 @@ def build_params(cls: type, values: Mapping[str, Any], section: str) -> Any:
             raise ConfigError(f"{section}.{key}: unknown option (known: {known})")
         try:
             kwargs[key] = _coerce(raw, hints[key], key)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{section}.{key}: bad value {raw!r}: {err}") from None
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ConfigError(f"{section}.{key}: bad value {shorten(raw)}: {err}") from None
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ConfigError(f"{section}: {err}") from None
 
 
@@ -235,7 +266,13 @@ def load_config(
 
 def update_params(params: Any, section: str, key: str, raw: Any) -> Any:
     """A copy of `params` with one value changed, validated like the config file (live controls)."""
-    return build_params(type(params), {**_as_values(params), key: raw}, section)
+    return merge_params(params, section, {key: raw})
+
+
+def merge_params(params: Any, section: str, changes: Mapping[str, Any]) -> Any:
+    """A copy of `params` with `changes` applied, the merged result validated once as a whole,
+    so the order of the keys never matters (`mode: image` and its `background` together)."""
+    return build_params(type(params), {**_as_values(params), **changes}, section)
 
 
 def _as_values(params: Any) -> dict[str, Any]:

@@ -6,10 +6,14 @@ pixels are read back. Uses Debian's /usr/bin/chromium (never `playwright install
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,9 +63,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ADMIN_TOKEN = "browser-test-admin-0123456789"
+
+
 @pytest.fixture
 def server(recipe_weights, tmp_path):
-    """A real `streamer serve` process: lite recipe weights at 64x64, mode color magenta, all background."""
+    """A real `streamer serve` process: lite recipe weights at 64x64, mode color magenta, all
+    background; an admin token, and a folder holding one yellow picture."""
+    from PIL import Image
+
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    Image.new("RGB", (64, 48), (255, 255, 0)).save(backgrounds / "yellow.png")
     port = free_port()
     command = [
         sys.executable,
@@ -88,6 +101,10 @@ def server(recipe_weights, tmp_path):
         # background: every pixel must then be the chosen colour, whatever the camera shows.
         "--set",
         "composite.threshold=1.0",
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--backgrounds",
+        str(backgrounds),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     log = (tmp_path / "serve.log").open("w+")
@@ -112,6 +129,32 @@ def server(recipe_weights, tmp_path):
         log.close()
 
 
+ATTACK = """<!doctype html><script>
+// What any web page can do without a CORS preflight: a POST with a form-like content type.
+window.attack = (peer) => fetch("%s/params", {
+  method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+  body: JSON.stringify({peer, composite: {color: "#00ffff"}}),
+});
+</script>"""
+
+
+@contextlib.contextmanager
+def other_site(folder: Path, target: str):
+    """A page served from another origin (another port) that posts to `target`."""
+    site = folder / "site"
+    site.mkdir()
+    (site / "index.html").write_text(ATTACK % target)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_page_connects_and_shows_the_composite(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -121,8 +164,10 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
         )
         try:
             page = context.new_page()
-            page.goto(server)
+            page.goto(f"{server}/#admin={ADMIN_TOKEN}")
             page.wait_for_function("window.streamer && window.streamer.state.config !== null")
+            # The operator's page: the token leaves the address bar, the shared size shows.
+            assert page.evaluate("location.hash") == "" and page.is_visible("#size")
             page.click("#start")
             page.wait_for_function(
                 "document.getElementById('status').textContent === 'connected'", timeout=20000
@@ -134,11 +179,34 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             assert (pixels["width"], pixels["height"]) == (640, 480)
             red, green, blue = pixels["mean"]
             assert red > 220 and green < 35 and blue > 220, pixels
+            # Another site (another port is another origin) cannot change it: the browser sends the
+            # form-like request, the server refuses it, and the picture stays magenta.
+            with other_site(tmp_path, server) as attacker:
+                evil = context.new_page()
+                evil.goto(attacker)
+                with evil.expect_response(lambda r: r.url.endswith("/params")) as refused:
+                    evil.evaluate(
+                        "(peer) => window.attack(peer)", page.evaluate("window.streamer.state.peer")
+                    )
+                assert refused.value.status == 403
+                evil.close()
+            page.wait_for_timeout(1000)
+            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
+            assert red > 220 and green < 35 and blue > 220
             # A control change reaches this peer without reconnecting.
             page.evaluate("window.streamer.sendControls({composite: {color: '#00ffff'}})")
             page.wait_for_timeout(1500)
             red, green, blue = page.evaluate(READ_PIXELS)["mean"]
             assert red < 35 and green > 220 and blue > 220
+            # A picture from the operator's folder, picked by name.
+            page.select_option("#named-background", "yellow.png")
+            page.wait_for_timeout(1500)
+            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
+            assert red > 220 and green > 220 and blue < 35
+            # The shared model size, with the operator's token (at most --max-size: the starting 64).
+            assert page.eval_on_selector_all("#size option", "(o) => o.map((e) => e.value)") == ["32", "64"]
+            page.select_option("#size", "32")
+            page.wait_for_function("document.querySelector('[data-stat=size]')?.textContent === '32x32'")
             page.wait_for_function("document.querySelector('[data-stat=fps]')?.textContent > 0")
             # The keyframe interval is a control of the page too; the stats show the network's rate.
             page.fill("#propagation-keyframe_every", "3")

@@ -267,8 +267,9 @@ class Client:
         assert ok(following), f"{what} showed once, then went away"
         return following
 
-    async def post(self, path: str, body: dict) -> tuple[int, dict]:
-        async with self.http.post(f"{self.base}{path}", json={"peer": self.peer, **body}) as response:
+    async def post(self, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+        url, body = f"{self.base}{path}", {"peer": self.peer, **body}
+        async with self.http.post(url, json=body, headers=headers) as response:
             return response.status, await response.json()
 
     async def close(self, hang_up: bool = True) -> None:
@@ -304,15 +305,22 @@ async def serving(server: LiveServer):
         await runner.cleanup()
 
 
-def make_server(engine=None, source: str | None = None) -> LiveServer:
-    """The app as `streamer serve` builds it, starting in mode matte without smoothing."""
+ADMIN_TOKEN = "operator-secret-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def make_server(engine=None, source: str | None = None, **serve) -> LiveServer:
+    """The app as `streamer serve` builds it, starting in mode matte without smoothing;
+    `serve` holds further ServeParams (the admin token, --max-size, --backgrounds...)."""
     from streamer.config import load_config
+    from streamer.live.serve import ServeParams
 
     model = {"variant": "lite", "size": "64x64", "device": "cpu"}
     config = load_config(
         None, {"model": model, "composite": {"mode": "matte"}, "smoothing": {"enabled": False}}
     )
-    return build_server(config, source=source, engine=engine or GatedEngine(gated=False))
+    params = ServeParams(**{"source": source, "admin_token": ADMIN_TOKEN, **serve})
+    return build_server(config, source=source, engine=engine or GatedEngine(gated=False), params=params)
 
 
 def expected_output(engine, composite) -> np.ndarray:
@@ -337,7 +345,7 @@ def assert_close(picture: np.ndarray, expected: np.ndarray, tolerance: float = 1
 async def test_frames_flow_both_ways_and_controls_apply_live(engine):
     from streamer.compose.compositor import CompositeParams
 
-    server = make_server(engine)
+    server = make_server(engine, max_size=96)
     async with serving(server) as (http, base):
         client = Client(http, base)
         await client.connect()
@@ -366,8 +374,13 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         assert server.peers[client.peer].stream.settings.params.keyframe_every == 2
         status, reply = await client.post("/params", {"propagation": {"keyframe_every": 0}})
         assert status == 400 and reply["error"].startswith("propagation.keyframe_every")
-        # The model size is the shared engine's: it changes between two batches, for every peer.
+        # The model size is the shared engine's: it changes between two batches, for every peer,
+        # so only the operator (the admin token) changes it, up to --max-size.
         status, reply = await client.post("/params", {"size": 96})
+        assert status == 403 and "operator" in reply["error"]
+        status, reply = await client.post("/params", {"size": 128}, ADMIN)
+        assert status == 400 and "over this server's limit of 96x96" in reply["error"]
+        status, reply = await client.post("/params", {"size": 96}, ADMIN)
         assert status == 200 and reply["size"] == [96, 96]
         # Frames keep flowing on propagated mattes meanwhile: wait for the worker's next batch.
         deadline = time.monotonic() + 20
@@ -375,7 +388,7 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
             assert time.monotonic() < deadline, "the worker never took the new size"
             await client.wait_frames(1)
         assert engine.size == (96, 96)
-        await client.post("/params", {"size": 64})
+        await client.post("/params", {"size": 64}, ADMIN)
         await client.wait_frames(2)
         await client.close()
     assert server.peers == {}
@@ -450,7 +463,8 @@ async def test_shutdown_closes_every_peer():
 async def test_malformed_offer_is_a_400_with_one_line(body, message):
     server = make_server()
     async with serving(server) as (http, base):
-        async with http.post(f"{base}/offer", data=body) as response:
+        headers = {"Content-Type": "application/json"}
+        async with http.post(f"{base}/offer", data=body, headers=headers) as response:
             reply = await response.json()
         assert response.status == 400
         assert message in reply["error"] and "\n" not in reply["error"]
@@ -473,7 +487,7 @@ async def test_unknown_peer_and_bad_size_are_400():
             assert response.status == 400 and "unknown peer" in (await response.json())["error"]
         client = Client(http, base)
         await client.connect()
-        status, reply = await client.post("/params", {"size": 100})
+        status, reply = await client.post("/params", {"size": 100}, ADMIN)
         assert status == 400 and reply["error"].startswith(
             "model.size: 100x100 is not two positive multiples"
         )

@@ -31,6 +31,26 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--source", help="preview this server-side input (FILE, webcam:N, image folder) instead of the camera"
     )
+    parser.add_argument(
+        "--backgrounds",
+        metavar="FOLDER",
+        help="a folder of pictures and videos the page may pick as backgrounds, by name (requests never name server files)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page may be opened by besides --host (repeatable; e.g. behind a proxy)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        metavar="SECRET",
+        help="lets a request carrying it (the page opened at /#admin=SECRET) change the shared model size",
+    )
+    parser.add_argument(
+        "--max-size", metavar="HxW", help="largest model size an admin request may set (default: --size)"
+    )
     options.add_config_options(parser)
     options.add_model_options(
         parser, "model (shared by every peer)", default_size="x".join(map(str, LIVE_SIZE))
@@ -66,5 +86,13 @@ def size_given(args: argparse.Namespace, overrides: dict) -> bool:
 def run(args: argparse.Namespace) -> int:
     from streamer.live.serve import serve
 
-    params = ServeParams(host=args.host, port=args.port, source=args.source)
+    params = ServeParams(
+        host=args.host,
+        port=args.port,
+        source=args.source,
+        allowed_hosts=tuple(args.allowed_host),
+        max_size=args.max_size,
+        admin_token=args.admin_token,
+        backgrounds=args.backgrounds,
+    )
     return serve(params, config_from_args(args))

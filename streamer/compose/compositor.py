@@ -20,6 +20,7 @@ from streamer.compose.blur import blur_background, blur_background_cpu
 from streamer.compose.edges import shape_alpha
 from streamer.compose.foreground import estimate_foreground
 from streamer.compose.foreground_tiles import estimate_foreground_u8
+from streamer.config import shorten
 from streamer.errors import ConfigError
 
 MODES = ("matte", "rgba", "color", "image", "video", "blur")
@@ -50,7 +51,7 @@ class CompositeParams:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"composite.mode: {self.mode!r} is not one of {', '.join(MODES)}")
+            raise ConfigError(f"composite.mode: {shorten(self.mode)} is not one of {', '.join(MODES)}")
         color = tuple(self.color) if isinstance(self.color, (list, tuple)) else ()
         if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
             raise ConfigError(f"composite.color: {self.color!r} is not three integers 0..255 (e.g. 0,255,0)")

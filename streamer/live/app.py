@@ -2,24 +2,30 @@
 
 Endpoints (JSON unless noted):
   GET  /                 the page (static/index.html); GET /static/... its script and style
-  GET  /config           {"mode": "camera"|"source", "size": [h, w], "composite", "smoothing", "propagation"}
+  GET  /config           {"mode": "camera"|"source", "size": [h, w], "max_size": [h, w],
+                          "backgrounds": [{"name", "mode"}], "composite": {...}, "smoothing": {...},
+                          "propagation": {...}}
   POST /offer            {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "peer"}
   POST /close            {"peer"}: hang up and free the peer
-  POST /params           {"peer", "composite": {...}, "smoothing": {...}, "propagation": {...}, "size": N}
-  POST /background?peer= raw image bytes (PNG/JPEG): this peer's background picture
+  POST /params           {"peer", "composite": {...}, "smoothing": {...}, "propagation": {...},
+                          "size": N}; all or nothing
+  POST /background?peer= raw image bytes (PNG/JPEG, Content-Type image/*): this peer's background
   GET  /stats?peer=      counters of that peer (delivered fps, latency, drops, keyframe rate, the
                          network's time); "compat": which aiortc patches are in use
                          (streamer.live.aiortc_compat)
-Mistakes in a request get HTTP 400 with a one-line message naming the problem and the fix.
+
+What a request may carry, and the one error path for everything else (400, 403, 404, 405, 413
+with a one-line JSON reason), is `http_guard`'s job. Peers change only their own look and
+propagation; the model size is every peer's, so only the operator changes it (`--admin-token`),
+up to `--max-size`. Backgrounds come from an upload or by name from the operator's
+`--backgrounds` folder, never by a path in a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import itertools
-import json
 import logging
 import shutil
 import tempfile
@@ -33,11 +39,21 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from streamer.compose.compositor import MODES
-from streamer.config import update_params
-from streamer.errors import ConfigError
+from streamer.config import merge_params
 from streamer.live import aiortc_compat
 from streamer.live.aiortc_compat import answered_video_codec, release_on_marker, use_live_encoder
+from streamer.live.backgrounds import BackgroundFolder
 from streamer.live.core import Settings
+from streamer.live.http_guard import (
+    MAX_UPLOAD_BYTES,
+    Access,
+    BadRequest,
+    Forbidden,
+    decode_image,
+    handler_args,
+    read_json,
+    read_upload,
+)
 from streamer.live.peer import PeerSession
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
@@ -48,33 +64,11 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 
-
-class BadRequest(Exception):
-    """A request the client must fix; becomes HTTP 400 with this one-line message."""
-
-
-def _bad(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
-
-
-@web.middleware
-async def _one_line_errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except (BadRequest, ConfigError) as err:
-        return _bad(str(err))
-
-
-async def _json_body(request: web.Request) -> dict:
-    try:
-        body = json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(
-            f"{request.path}: the body is not valid JSON ({err.msg}); send a JSON object"
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"{request.path}: the body must be a JSON object, not {type(body).__name__}")
-    return body
+PARAMS_KEYS = ("peer", "composite", "smoothing", "propagation", "size")
+SHARED_KEYS = ("size",)
+"""/params keys that change every peer's video: the operator's (admin token) only."""
+UPLOADED = "(uploaded picture)"
+"""How replies name an uploaded background (its file on the server is nobody's business)."""
 
 
 def _check_offer(body: dict) -> RTCSessionDescription:
@@ -89,21 +83,19 @@ def _check_offer(body: dict) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
-def _save_png(image: torch.Tensor, path: Path) -> None:
+def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray(image.numpy()).save(path)
+    Image.fromarray(image).save(path)
 
 
-def decode_image(data: bytes) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) from PNG/JPEG/... bytes, or BadRequest."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            return torch.from_numpy(np.array(picture.convert("RGB")))
-    except (UnidentifiedImageError, OSError) as err:
-        raise BadRequest(f"background: not a readable image ({err}); upload a PNG or JPEG file") from None
+def _settings(body: dict, section: str) -> dict:
+    value = body.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f'params: {section!r} must be a JSON object of settings, e.g. {{"mode": "blur"}}')
+    return value
 
 
 class LiveServer:
@@ -117,6 +109,9 @@ class LiveServer:
         hub: SourceHub | None = None,
         compose_threads: int = 2,
         propagation: PropagationParams | None = None,
+        access: Access | None = None,
+        max_size: tuple[int, int] | None = None,
+        backgrounds: BackgroundFolder | None = None,
     ) -> None:
         self.worker = worker
         self.make_finisher = make_finisher
@@ -124,6 +119,10 @@ class LiveServer:
         """Each new peer's starting keyframe and propagation settings (a peer may change its own)."""
         self.peers: dict[str, PeerSession] = {}
         self.hub = hub
+        self.access = access or Access()
+        self.max_size = tuple(max_size or worker.size or ()) or None
+        """The largest model size a request may ask for (`--max-size`, default the starting size)."""
+        self.backgrounds = backgrounds
         self._uploads = itertools.count(1)
         self.uploads: Path | None = None
         """Folder of uploaded background pictures, while the server runs."""
@@ -136,7 +135,12 @@ class LiveServer:
         return "camera" if self.hub is None else "source"
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[_one_line_errors], client_max_size=32 * 1024**2)
+        # The guard reads bodies itself, each to its own limit; this is only the backstop.
+        app = web.Application(
+            middlewares=[self.access.middleware()],
+            client_max_size=MAX_UPLOAD_BYTES,
+            handler_args=handler_args(),
+        )
         app.router.add_get("/", self.index)
         app.router.add_static("/static", STATIC)
         app.router.add_get("/config", self.config)
@@ -179,8 +183,17 @@ class LiveServer:
     def _peer(self, peer_id) -> PeerSession:
         peer = self.peers.get(peer_id) if isinstance(peer_id, str) else None
         if peer is None:
-            raise BadRequest(f"unknown peer: {peer_id!r} (connect first: POST /offer returns the peer id)")
+            shown = repr(peer_id)[:40]
+            raise BadRequest(f"unknown peer: {shown} (connect first: POST /offer returns the peer id)")
         return peer
+
+    def _public(self, composite: dict) -> dict:
+        """Settings as a client may see them: a background by its name, never its path."""
+        background = composite.get("background")
+        if background:
+            path = Path(background)
+            composite["background"] = UPLOADED if self.uploads and path.parent == self.uploads else path.name
+        return composite
 
     # -- handlers -------------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.FileResponse:
@@ -195,14 +208,16 @@ class LiveServer:
                 "mode": self.mode,
                 "modes": list(MODES),
                 "size": list(self.worker.size) if self.worker.size else None,
-                "composite": _plain(self._template.compositor.params),
+                "max_size": list(self.max_size) if self.max_size else None,
+                "backgrounds": self.backgrounds.entries() if self.backgrounds else [],
+                "composite": self._public(_plain(self._template.compositor.params)),
                 "smoothing": _plain(smoother.params) if smoother is not None else None,
                 "propagation": _plain(self.propagation),
             }
         )
 
     async def offer(self, request: web.Request) -> web.Response:
-        description = _check_offer(await _json_body(request))
+        description = _check_offer(await read_json(request))
         pc = RTCPeerConnection()
         peer = PeerSession(
             pc,
@@ -244,50 +259,91 @@ class LiveServer:
             raise
         except Exception as err:  # aiortc's complaints about the SDP are the client's to fix
             await peer.close()
+            reason = str(err)[:120] or type(err).__name__
             raise BadRequest(
-                f"offer: the SDP was refused ({err}); send the offer made by createOffer()"
+                f"offer: the SDP was refused ({reason}); send the offer made by createOffer()"
             ) from None
         answer = pc.localDescription
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "peer": peer.id})
 
     async def close(self, request: web.Request) -> web.Response:
-        peer = self._peer((await _json_body(request)).get("peer"))
+        peer = self._peer((await read_json(request)).get("peer"))
         await peer.close()
         return web.json_response({"closed": peer.id})
 
     async def params(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        """Every change is checked first, then all are applied: a bad one changes nothing."""
+        body = await read_json(request)
+        unknown = [key for key in body if key not in PARAMS_KEYS]
+        if unknown:
+            shown = repr(unknown[0])[:40]
+            raise BadRequest(f"params: unknown key {shown} (known: {', '.join(PARAMS_KEYS)})")
         peer = self._peer(body.get("peer"))
-        sections = [body.get(name) or {} for name in ("composite", "smoothing", "propagation")]
-        if not all(isinstance(section, dict) for section in sections):
-            raise BadRequest(
-                "params: 'composite', 'smoothing' and 'propagation' must be JSON objects of settings"
-            )
-        peer.update(*sections)
-        if body.get("size") is not None:
-            # Validated like `--size`; applied by the worker thread between two batches.
-            model = update_params(self.worker.engine.params, "model", "size", body["size"])
-            self.worker.set_size(model.size)
+        composite, smoothing = _settings(body, "composite"), _settings(body, "smoothing")
+        propagation = _settings(body, "propagation")
+        if "background" in composite:
+            composite = {**composite, "background": self._named_background(composite["background"])}
+        size = self._requested_size(request, body.get("size"))
+        # Validates every section, then applies them all; propagation is this peer's own.
+        peer.update(composite, smoothing, propagation)
+        if size is not None and size != self.worker.requested_size:
+            self.worker.set_size(size)  # applied by the worker thread between two batches
         finisher = peer.finisher
         return web.json_response(
             {
-                "composite": _plain(finisher.compositor.params),
+                "composite": self._public(_plain(finisher.compositor.params)),
                 "smoothing": _plain(finisher.smoother.params) if finisher.smoother is not None else None,
                 "propagation": _plain(peer.stream.settings.params),
                 "size": list(self.worker.requested_size or ()),
             }
         )
 
+    def _named_background(self, name) -> str | None:
+        if name is None:
+            return None
+        if self.backgrounds is None:
+            raise Forbidden(
+                "composite.background: this server has no pictures to choose from; upload one "
+                "(POST /background), or start the server with --backgrounds FOLDER"
+            )
+        return str(self.backgrounds.path(name))
+
+    def _requested_size(self, request: web.Request, raw) -> tuple[int, int] | None:
+        """The model size asked for, checked: the operator's to change, and within --max-size."""
+        if raw is None:
+            return None
+        if not self.access.is_admin(request):
+            raise Forbidden(
+                "size: the model size is shared by every viewer, so only the operator changes it "
+                "(restart with --size, or send the server's --admin-token)"
+            )
+        engine_params = getattr(self.worker.engine, "params", None)
+        if engine_params is None:
+            raise Forbidden("size: this server's model size is fixed")
+        size = merge_params(engine_params, "model", {"size": raw}).size
+        if self.max_size and (size[0] > self.max_size[0] or size[1] > self.max_size[1]):
+            raise BadRequest(
+                f"model.size: {size[0]}x{size[1]} is over this server's limit of "
+                f"{self.max_size[0]}x{self.max_size[1]} (the operator sets --max-size)"
+            )
+        return size
+
     async def background(self, request: web.Request) -> web.Response:
         """Store the picture for this peer and switch it to the image background."""
         peer = self._peer(request.query.get("peer"))
-        data = await request.read()
-        image = decode_image(data)
+        data = await read_upload(request)
+        image = await asyncio.to_thread(decode_image, data)
+        if peer.id not in self.peers:
+            raise BadRequest("background: the peer closed during the upload")
         # The compositor takes backgrounds by path; one file per peer, replaced on each upload.
         path = self.uploads / f"{peer.id}.{next(self._uploads)}.png"
         await asyncio.to_thread(_save_png, image, path)
         previous = peer.finisher.compositor.params.background
-        peer.update({"background": str(path), "mode": "image"})
+        try:
+            peer.update({"background": str(path), "mode": "image"})
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
         if previous and Path(previous).parent == self.uploads:
             Path(previous).unlink(missing_ok=True)
         return web.json_response({"background": list(image.shape)})

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -26,7 +26,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
-from streamer.config import update_params
+from streamer.config import merge_params
 from streamer.frame import Frame
 from streamer.live.core import LiveStream, Settings
 from streamer.live.stats import LatencyWindow, RateMeter
@@ -35,8 +35,6 @@ from streamer.live.worker import InferenceWorker
 from streamer.pipeline.stages import Finisher
 
 log = logging.getLogger(__name__)
-
-_ids = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +74,6 @@ def video_from_output(output: torch.Tensor, frame: Frame) -> VideoFrame:
     return video
 
 
-def _updated(params, section: str, changes: dict | None):
-    for key, value in (changes or {}).items():
-        params = update_params(params, section, key, value)
-    return params
-
-
 def _as_frame(item: Frame | Arrival) -> Frame:
     return frame_from_video(item) if isinstance(item, Arrival) else item
 
@@ -96,7 +88,8 @@ class PeerSession:
         on_closed: Callable[[PeerSession], Awaitable[None] | None] | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.id = f"peer-{next(_ids)}"
+        # 128 random bits: knowing a peer's id is what lets a request change or close it.
+        self.id = secrets.token_urlsafe(16)
         self.pc = pc
         self.worker = worker
         self._on_closed = on_closed
@@ -177,12 +170,15 @@ class PeerSession:
         self, composite: dict | None = None, smoothing: dict | None = None, propagation: dict | None = None
     ) -> None:
         """Replace this peer's parameters without reconnecting; loose values (JSON, form strings)
-        are validated like the config file, and a bad one raises ConfigError and changes nothing."""
+        are validated like the config file, each section merged and checked as a whole (key order
+        never matters), and a bad one raises ConfigError and changes nothing."""
         compositor, smoother = self.finisher.compositor, self.finisher.smoother
         settings = self.stream.settings
-        new_composite = _updated(compositor.params, "composite", composite)
-        new_smoothing = _updated(smoother.params, "smoothing", smoothing) if smoother is not None else None
-        new_propagation = _updated(settings.params, "propagation", propagation)
+        new_composite = merge_params(compositor.params, "composite", composite or {})
+        new_smoothing = (
+            merge_params(smoother.params, "smoothing", smoothing or {}) if smoother is not None else None
+        )
+        new_propagation = merge_params(settings.params, "propagation", propagation or {})
         compositor.params = new_composite
         if smoother is not None:
             smoother.params = new_smoothing

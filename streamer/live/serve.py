@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import re
 import socket
 from dataclasses import dataclass
 
-from streamer.config import JobConfig
+from streamer.config import JobConfig, parse_size
 from streamer.errors import ConfigError
 from streamer.live.app import LiveServer
+from streamer.live.backgrounds import BackgroundFolder
+from streamer.live.http_guard import Access
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
 from streamer.pipeline.stages import Finisher
@@ -26,19 +29,44 @@ class ServeParams:
     port: int = 8080
     source: str | None = None
     """A server-side input to preview (file, webcam:N, image folder); None = the browser's camera."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names the page may be opened by, besides the bound address (behind a proxy, a LAN name)."""
+    max_size: tuple[int, int] | None = None
+    """The largest model size an admin request may set; None = the starting size."""
+    admin_token: str | None = None
+    """Secret that lets a request change what every peer shares (the model size)."""
+    backgrounds: str | None = None
+    """Folder whose pictures and videos the page may pick by name."""
 
     def __post_init__(self) -> None:
         if not self.host:
             raise ConfigError("serve.host: empty (use 127.0.0.1, or 0.0.0.0 to listen on every address)")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"serve.port: {self.port!r} is not a port number in 0..65535 (check --port)")
+        hosts = tuple(h.strip().lower().strip("[]") for h in self.allowed_hosts)
+        for host in hosts:
+            if not re.fullmatch(r"[a-z0-9._:\-]{1,253}", host):
+                raise ConfigError(f"--allowed-host: {host!r} is not a host name or address (e.g. myhost.lan)")
+        object.__setattr__(self, "allowed_hosts", hosts)
+        if self.max_size is not None:
+            try:
+                object.__setattr__(self, "max_size", parse_size(self.max_size))
+            except ValueError:
+                raise ConfigError(f"--max-size: {self.max_size!r} is not a size like 512x512") from None
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ConfigError("--admin-token: use at least 16 characters (e.g. from `openssl rand -hex 16`)")
 
 
-def build_server(config: JobConfig, source: str | None = None, engine=None) -> LiveServer:
+def build_server(
+    config: JobConfig, source: str | None = None, engine=None, params: ServeParams | None = None
+) -> LiveServer:
     """A LiveServer for `config`; `engine` (a MattingEngine) is loaded from config.model when None.
 
-    The source is opened before the model is loaded, so a wrong path fails at once.
+    The source and the backgrounds folder are checked before the model is loaded, so a wrong
+    path fails at once.
     """
+    params = params or ServeParams(source=source)
+    backgrounds = BackgroundFolder(params.backgrounds) if params.backgrounds else None
     hub = None
     if source is not None:
         from streamer.sources.open import open_source
@@ -59,8 +87,15 @@ def build_server(config: JobConfig, source: str | None = None, engine=None) -> L
         return engine
 
     worker = InferenceWorker(engine, resize=resize, size=tuple(config.model.size))
-    finishers = finisher_factory(config.composite, config.smoothing, engine.device)
-    return LiveServer(worker, finishers, hub=hub, propagation=config.propagation)
+    return LiveServer(
+        worker,
+        finisher_factory(config.composite, config.smoothing, engine.device),
+        hub=hub,
+        propagation=config.propagation,
+        access=Access(frozenset(params.allowed_hosts), params.admin_token),
+        max_size=params.max_size or tuple(config.model.size),
+        backgrounds=backgrounds,
+    )
 
 
 def load_engine(params):
@@ -82,10 +117,13 @@ def serve(params: ServeParams, config: JobConfig) -> int:
     from aiohttp import web
 
     check_port_free(params)
-    server = build_server(config, source=params.source)
-    url = f"http://{params.host}:{params.port}"
+    server = build_server(config, source=params.source, params=params)
+    host = f"[{params.host}]" if ":" in params.host else params.host
+    url = f"http://{host}:{params.port}"
     what = f"previewing {params.source}" if params.source else "matting the browser's camera"
     print(f"streamer: serving {url} ({what}); press Ctrl-C to stop", flush=True)
+    if params.admin_token:
+        print(f"streamer: the operator's page (may change the model size): {url}/#admin=<--admin-token>")
     web.run_app(server.build(), host=params.host, port=params.port, print=None)
     return 0
 

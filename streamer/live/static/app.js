@@ -3,15 +3,23 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { pc: null, peer: null, config: null, timer: null, camera: null };
-const SIZES = [128, 192, 256, 320, 384, 512, 768, 1024];
+const state = { pc: null, peer: null, config: null, timer: null, camera: null, admin: null };
+const SIZES = [32, 64, 128, 192, 256, 320, 384, 512, 768, 1024];
 
 function showError(message) { $("error").textContent = message || ""; }
 function setStatus(text) { $("status").textContent = text; }
 
-async function postJSON(path, body) {
+// The server takes changes only as JSON from this page's origin; the model size (shared by every
+// viewer) only with the operator's token, given to the page as /#admin=TOKEN.
+function jsonHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  if (state.admin) headers.Authorization = `Bearer ${state.admin}`;
+  return headers;
+}
+
+async function postJSON(path, body, options = {}) {
   const response = await fetch(path, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST", headers: jsonHeaders(), body: JSON.stringify(body), ...options,
   });
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
@@ -56,7 +64,9 @@ async function sendControls(extra = {}) {
 
 async function sendBackground(file) {
   if (!state.peer || !file) return;
-  const response = await fetch(`/background?peer=${encodeURIComponent(state.peer)}`, { method: "POST", body: file });
+  const response = await fetch(`/background?peer=${encodeURIComponent(state.peer)}`, {
+    method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
+  });
   const data = await response.json();
   showError(response.ok ? "" : data.error);
   if (response.ok) $("composite-mode").value = "image";
@@ -140,7 +150,14 @@ function fillChoices(select, choices, current) {
   }));
 }
 
+function readAdminToken() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("admin");
+  if (token) history.replaceState(null, "", location.pathname);  // keep it out of the address bar
+  return token;
+}
+
 async function init() {
+  state.admin = readAdminToken();
   state.config = await (await fetch("/config")).json();
   const { composite, smoothing, propagation, size, modes } = state.config;
   $("mode").textContent = state.config.mode === "camera" ? "(your camera)" : "(server source preview)";
@@ -156,7 +173,19 @@ async function init() {
     $("propagation-enabled").checked = propagation.enabled;
     $("propagation-keyframe_every").value = propagation.keyframe_every;
   }
-  fillChoices($("size"), SIZES.includes(size?.[0]) ? SIZES : [size?.[0], ...SIZES].filter(Boolean), size?.[0]);
+  const limit = state.config.max_size?.[0] ?? size?.[0];
+  const sizes = SIZES.filter((s) => !limit || s <= limit);
+  fillChoices($("size"), sizes.includes(size?.[0]) ? sizes : [size?.[0], ...sizes].filter(Boolean), size?.[0]);
+  $("size").closest("label").hidden = !state.admin;
+  const named = state.config.backgrounds || [];
+  fillChoices($("named-background"), ["", ...named.map((entry) => entry.name)], "");
+  $("named-background").closest("label").hidden = named.length === 0;
+  $("named-background").addEventListener("change", () => {
+    const entry = named.find((e) => e.name === $("named-background").value);
+    if (!entry) return;
+    $("composite-mode").value = entry.mode;
+    sendControls({ composite: { ...controlValues().composite, mode: entry.mode, background: entry.name } });
+  });
   for (const element of document.querySelectorAll(CONTROLS)) {
     const [section, key] = element.id.split("-");
     if (!(state.config[section] && key in state.config[section])) element.closest("label").hidden = true;
@@ -166,7 +195,10 @@ async function init() {
   $("background").addEventListener("change", () => sendBackground($("background").files[0]));
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
-  window.addEventListener("beforeunload", () => { if (state.peer) navigator.sendBeacon("/close", JSON.stringify({ peer: state.peer })); });
+  // A keepalive fetch outlives the page, like sendBeacon, but can send JSON.
+  window.addEventListener("pagehide", () => {
+    if (state.peer) postJSON("/close", { peer: state.peer }, { keepalive: true }).catch(() => {});
+  });
 }
 
 window.streamer = { state, start, stop, sendControls, postJSON };
