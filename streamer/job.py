@@ -31,14 +31,20 @@ class Job:
     def stages(self) -> list:
         """Live: one live core (keyframes, propagation, smoothing, compositing); files: the lossless
         batch chain, smoothing and compositing with the same `Finisher`."""
-        from streamer.pipeline.stages import Finisher, FinishStage, InferStage
+        if not self.live:
+            return file_stages(self.engine, self.smoother, self.compositor)
+        from streamer.live.core import LiveStage
+        from streamer.pipeline.stages import Finisher
 
-        finisher = Finisher(self.smoother, self.compositor)
-        if self.live:
-            from streamer.live.core import LiveStage
+        return [LiveStage(self.engine, Finisher(self.smoother, self.compositor), self.propagation)]
 
-            return [LiveStage(self.engine, finisher, self.propagation)]
-        return [InferStage(self.engine), FinishStage(finisher)]
+
+def file_stages(engine, smoother, compositor) -> list:
+    """The lossless chain of a file job (`run` and each `batch` clip): inference, then the same
+    `Finisher` (smoothing, compositing) live streams use."""
+    from streamer.pipeline.stages import Finisher, FinishStage, InferStage
+
+    return [InferStage(engine), FinishStage(Finisher(smoother, compositor))]
 
 
 def build_job(args: argparse.Namespace, config: JobConfig) -> Job:

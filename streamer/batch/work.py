@@ -18,9 +18,8 @@ from streamer.batch.plan import Task
 from streamer.batch.segment import SegmentSource, WindowSink
 from streamer.config import JobConfig
 from streamer.errors import StreamerError
-from streamer.job import build_processing, open_output
+from streamer.job import build_processing, file_stages, open_output
 from streamer.pipeline.runner import Pipeline
-from streamer.pipeline.stages import CompositeStage, InferStage, SmoothStage
 from streamer.sinks.paths import partial_path
 
 
@@ -85,7 +84,7 @@ def _process(task: Task, config: JobConfig, engine, on_progress) -> int:
     _, smoother, compositor = build_processing(config, engine)
     pipeline = Pipeline(
         source,
-        [InferStage(engine), SmoothStage(smoother), CompositeStage(compositor)],
+        file_stages(engine, smoother, compositor),
         [sink],
         live=False,
         batch_size=config.model.batch_size,
