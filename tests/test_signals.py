@@ -1,45 +1,59 @@
-"""Stop signals reach the job on the event loop, also where the loop has no signal handlers (Windows)."""
+"""Stop signals reach the job on the event loop, also where the loop has no signal handlers (Windows).
+
+The signal is raised in a fresh interpreter: raised inside the test runner, it would also reach
+whatever native libraries earlier tests loaded into that process."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
+import subprocess
+import sys
+import textwrap
 
-from streamer.signals import exit_status, install_stop_handlers
+from streamer.signals import exit_status
 
+DELIVER = textwrap.dedent(
+    """
+    import asyncio, signal
+    from streamer.signals import install_stop_handlers
 
-class NoSignalLoop(asyncio.SelectorEventLoop):
-    """An event loop like Windows' Proactor: no add_signal_handler."""
+    class NoSignalLoop(asyncio.SelectorEventLoop):
+        # An event loop like Windows' Proactor: no add_signal_handler.
+        def add_signal_handler(self, *args, **kwargs):
+            raise NotImplementedError
 
-    def add_signal_handler(self, *args, **kwargs):
-        raise NotImplementedError
+        def remove_signal_handler(self, *args, **kwargs):
+            raise NotImplementedError
 
-    def remove_signal_handler(self, *args, **kwargs):
-        raise NotImplementedError
+    def deliver(loop, signum):
+        received = []
 
+        async def main():
+            got = asyncio.Event()
+            remove = install_stop_handlers(loop, lambda s: (received.append(s), got.set()))
+            try:
+                signal.raise_signal(signum)
+                await asyncio.wait_for(got.wait(), timeout=30)
+            finally:
+                remove()
 
-def deliver(loop: asyncio.AbstractEventLoop, signum: int) -> list[int]:
-    received: list[int] = []
+        loop.run_until_complete(main())
+        loop.close()
+        return received
 
-    async def main() -> None:
-        got = asyncio.Event()
-        remove = install_stop_handlers(loop, lambda s: (received.append(s), got.set()))
-        try:
-            signal.raise_signal(signum)
-            await asyncio.wait_for(got.wait(), timeout=30)
-        finally:
-            remove()
-
-    loop.run_until_complete(main())
-    loop.close()
-    return received
-
-
-def test_signals_reach_the_loop_with_and_without_loop_signal_handlers():
     before = signal.getsignal(signal.SIGTERM)
     assert deliver(asyncio.new_event_loop(), signal.SIGTERM) == [signal.SIGTERM]
     assert deliver(NoSignalLoop(), signal.SIGTERM) == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) == before  # the fallback is undone
+    print("ok")
+    """
+)
+
+
+def test_signals_reach_the_loop_with_and_without_loop_signal_handlers():
+    done = subprocess.run([sys.executable, "-c", DELIVER], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def test_exit_status_follows_the_shell():
