@@ -67,3 +67,18 @@ def recipe_weights(recipe_state_dict, tmp_path_factory):
         return path
 
     return write
+
+
+@pytest.fixture
+def lite(recipe_weights):
+    """Command-line options for the small lite network with recipe weights, on the CPU."""
+    return [
+        "--variant",
+        "lite",
+        "--weights",
+        str(recipe_weights("lite")),
+        "--size",
+        "64x64",
+        "--device",
+        "cpu",
+    ]

@@ -108,7 +108,7 @@ def test_predictions_folder(pair_files, tmp_path, capsys):
     assert "output exists" in capsys.readouterr().err and report.read_text() == before
 
 
-def test_network_scores_what_streamer_image_writes(recipe_weights, tmp_path, capsys):
+def test_network_scores_what_streamer_image_writes(lite, tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
@@ -118,16 +118,7 @@ def test_network_scores_what_streamer_image_writes(recipe_weights, tmp_path, cap
         truth = np.zeros((h, w), np.uint8)
         cv2.circle(truth, (w // 2, h // 2), min(h, w) // 3, 255, -1)
         Image.fromarray(truth).save(masks / f"p{i}.png")
-    model = [
-        "--variant",
-        "lite",
-        "--weights",
-        str(recipe_weights("lite")),
-        "--size",
-        "64x64",
-        "--device",
-        "cpu",
-    ]
+    model = lite
     report = tmp_path / "r.json"
     assert (
         main(["eval", "--images", str(images), "--masks", str(masks), "--report", str(report), *model]) == 0

@@ -31,7 +31,12 @@ def test_gpu_check_skips_what_needs_cuda_and_writes_one_report(tmp_path):
     assert done.returncode == 0, done.stderr
     report = out.read_text()
     assert "GPU: none (CUDA not available)" in report
-    for step in ("model eager + CUDA graph", "model torch.compile", "file pipeline 1024", "live portrait 512/1024"):
+    for step in (
+        "model eager + CUDA graph",
+        "model torch.compile",
+        "file pipeline 1024",
+        "live portrait 512/1024",
+    ):
         assert f"| {step}" in report and "skipped: no CUDA" in report.split(f"| {step}")[1].splitlines()[0]
     tests_row = report.split("| CUDA tests |")[1].splitlines()[0]
     assert tests_row.startswith(" ok |") and "skipped" in tests_row

@@ -36,20 +36,6 @@ def streamer(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def lite(recipe_weights):
-    return [
-        "--variant",
-        "lite",
-        "--weights",
-        str(recipe_weights("lite")),
-        "--size",
-        "64x64",
-        "--device",
-        "cpu",
-    ]
-
-
-@pytest.fixture
 def clip(tmp_path):
     return make_clip(tmp_path / "clip.mp4", frames=20, size=(96, 64), fps=25, audio=True)
 
