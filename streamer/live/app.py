@@ -63,6 +63,8 @@ from streamer.propagation import PropagationParams
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
+KEPT_UPLOADS = 4
+"""Background uploads kept per peer: frames in flight may still read the recent ones."""
 
 PARAMS_KEYS = ("peer", "composite", "smoothing", "propagation", "size")
 SHARED_KEYS = ("size",)
@@ -345,7 +347,11 @@ class LiveServer:
             path.unlink(missing_ok=True)
             raise
         if previous and Path(previous).parent == self.uploads:
-            Path(previous).unlink(missing_ok=True)
+            # A frame being composited may still hold an earlier path in its params snapshot, so
+            # the last few uploads stay; older ones go (all of a peer's go when it closes).
+            kept = sorted(self.uploads.glob(f"{peer.id}.*.png"), key=lambda p: int(p.stem.rsplit(".", 1)[1]))
+            for old in kept[:-KEPT_UPLOADS]:
+                old.unlink(missing_ok=True)
         return web.json_response({"background": list(image.shape)})
 
     async def stats(self, request: web.Request) -> web.Response:
