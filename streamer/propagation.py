@@ -71,6 +71,14 @@ class PropagationParams:
     scene_cut: float = 0.06
     """Mean grey-level mismatch (0..1) between two frames, after following the flow, that is a
     cut (motion leaves about 0.002 on a camera picture, a cut 0.05-0.3)."""
+    fuse: float = 0.5
+    """Weight of a new keyframe's matte where the picture has not moved since the last keyframe
+    (1 = take each keyframe as it is). Temporal smoothing at the keyframe rate: the per-frame
+    smoother eases a keyframe's change in but cannot tell its noise from a correction, so a
+    still edge would jump by the network's noise at every keyframe (BENCHMARKS.md)."""
+    fuse_motion: float = 2.0
+    """Motion since the last keyframe, in small-image pixels, at which the new keyframe is taken
+    as it is (the carried matte may have drifted there; linear below)."""
 
     def __post_init__(self) -> None:
         for name, lo, hi in (
@@ -88,6 +96,8 @@ class PropagationParams:
             ("fb_tolerance", 0.0, 1000.0),
             ("fb_relative", 0.0, 10.0),
             ("scene_cut", 0.0, 1.0),
+            ("fuse", 0.0, 1.0),
+            ("fuse_motion", 1e-3, 1000.0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
@@ -379,13 +389,16 @@ class Propagator:
             self._matte, self._anchor, self._flow = small, None, None
             return
         stored = self._stored(frame_id)
+        guess = None if stored is newest else self._initial_flow(stored, newest)
+        if in_scene and self._matte is not None and self.params.fuse < 1.0:
+            small = self._fuse(small, stored, newest, guess)
         self._anchor = _Anchor(stored.frame_id, stored.grey, small)
         if stored is newest:
             self._matte = small  # the network kept up: its result as it is
             self._flow = np.zeros((*small.shape, 2), np.float32)
             newest.anchor, newest.flow = frame_id, _coarse(self._flow)
             return
-        back = dense_flow(newest.grey, stored.grey, self._dis, init=self._initial_flow(stored, newest))
+        back = dense_flow(newest.grey, stored.grey, self._dis, init=guess)
         self._flow = back
         newest.anchor, newest.flow = stored.frame_id, _coarse(back)
         positions = sample_map(back)
@@ -393,6 +406,29 @@ class Propagator:
         fallback = self._matte if in_scene else None
         carried = _remap(small, positions)
         self._matte = self._blend(carried, mismatch, newest.grey, stored.grey, back, fallback)
+
+    def _fuse(self, new: np.ndarray, stored: _Seen, newest: _Seen, guess: np.ndarray | None) -> np.ndarray:
+        """A keyframe's matte (on `stored`'s pixels) averaged with the current one carried back
+        to it, where the picture has not moved since the last keyframe and that carry is trusted:
+        there the two differ only by the network's noise, so the average is the better matte.
+        Where the picture moved, or the flow back is not trusted, the new matte is taken."""
+        params = self.params
+        h, w = new.shape
+        if stored is newest:
+            previous, trust = self._matte, None
+        else:
+            forward = dense_flow(stored.grey, newest.grey, self._dis, init=None if guess is None else -guess)
+            positions = sample_map(forward)
+            previous = _remap(self._matte, positions)
+            trust = photometric(_residual(stored.grey, newest.grey, positions), params)
+        if stored.flow is None or self._anchor is None or stored.anchor != self._anchor.frame_id:
+            return new  # how far the picture moved since the last keyframe is not known
+        moved = fit_flow(stored.flow, h, w)
+        weight = np.sqrt((moved**2).sum(axis=2)) * np.float32(1.0 / params.fuse_motion)
+        np.clip(weight, params.fuse, 1.0, out=weight)
+        if trust is not None:
+            np.maximum(weight, 1.0 - trust, out=weight)
+        return previous + weight * (new - previous)
 
     def _initial_flow(self, older: _Seen, newest: _Seen) -> np.ndarray | None:
         """A guess of the flow newest -> older from both frames' flows to the same old anchor
