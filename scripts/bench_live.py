@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import json
 import os
 import sys
 import tempfile
@@ -269,7 +270,7 @@ def common(case: Case, duration: float, fps: float, delivered: int, lat: list[fl
     }
 
 
-async def bench_direct(args, weights: Path, case: Case) -> dict:
+async def bench_direct(args, weights: Path, case: Case) -> tuple[dict, list[float]]:
     config = make_config(args, weights, case)
     engine, smoother, compositor = build_processing(config)
     engine.predict(torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))  # warm up
@@ -293,13 +294,14 @@ async def bench_direct(args, weights: Path, case: Case) -> dict:
         "drops": camera.count - first_index - delivered,
         "frame_ms": "/".join(str(ms(stats.stage_seconds["live"].percentile(q))) for q in (50, 95)),
         "sink_ms": pair(sink.seconds),
+        "server_ms": "-",
         "max_depth": f"{stats.max_queue_depth}/{stream.max_backlog}",
         "load": f"{before} -> {load()}",
     }
-    return row
+    return row, sink.latencies
 
 
-async def bench_webrtc(args, weights: Path, case: Case) -> dict:
+async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[float]]:
     config = make_config(args, weights, case)
     server = build_server(config)
     server.worker.engine.predict(torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))
@@ -358,6 +360,8 @@ async def bench_webrtc(args, weights: Path, case: Case) -> dict:
         "delivered": received,
         "drops": f"{sent - first_n - received} ({stats['dropped']} server)",
         "frame_ms": f"-/{stats['frame_ms_p95']}",
+        # The server's own share: frame received -> handed to its encoder (its last 120 frames).
+        "server_ms": f"{stats['latency_ms_p50']}/{stats['latency_ms_p95']}",
         "sink_ms": "-",
         "max_depth": f"-/{max_backlog}",
         "load": f"{before} -> {load()}",
@@ -366,7 +370,7 @@ async def bench_webrtc(args, weights: Path, case: Case) -> dict:
     for reader in readers:
         reader.cancel()
     await runner.cleanup()
-    return row
+    return row, latencies
 
 
 def print_table(rows: list[dict]) -> None:
@@ -384,8 +388,14 @@ async def main_async(args, weights: Path) -> list[dict]:
     for path, size, model_size, every, mode in cases:
         case = Case(path, size, model_size, every, mode)
         bench = bench_direct if path == "direct" else bench_webrtc
-        rows.append(await bench(args, weights, case))
-        print(rows[-1], file=sys.stderr, flush=True)
+        row, latencies = await bench(args, weights, case)
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+        if args.latencies:
+            # Each delivered frame's latency in order: where a delay starts and whether it stays.
+            name = f"{case.path}-{row['frame']}-{row['model']}-{case.mode}-k{case.keyframe_every}.json"
+            args.latencies.mkdir(parents=True, exist_ok=True)
+            (args.latencies / name).write_text(json.dumps([round(v, 4) for v in latencies]))
     return rows
 
 
@@ -405,6 +415,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--paths", default="direct,webrtc", help="comma-separated: direct, webrtc")
+    parser.add_argument("--latencies", type=Path, help="write each case's per-frame latencies (JSON) here")
     parser.add_argument("--grain", type=float, default=0.0, help="camera noise, std in levels (e.g. 4)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address of the server (in a private namespace: 10.77.0.1)"

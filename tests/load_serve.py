@@ -221,6 +221,15 @@ async def settle(pid: int, target: dict | None, timeout: float) -> dict:
         await asyncio.sleep(0.25)
 
 
+async def sample(pid: int, until: float, timeline: list[dict], every: float = 10.0) -> None:
+    """The server's figures every `every` seconds until `until`: a leak grows all along, a pool
+    or cache levels off."""
+    started = time.monotonic()
+    while (now := time.monotonic()) < until:
+        timeline.append({"s": round(now - started), **process_figures(pid)})
+        await asyncio.sleep(min(every, until - now))
+
+
 async def load(base: str, pid: int, peers: int, duration: float, seed: int) -> dict:
     rng = random.Random(seed)
     tally, stalls = Tally(), []
@@ -236,10 +245,13 @@ async def load(base: str, pid: int, peers: int, duration: float, seed: int) -> d
         after_first = await settle(pid, None, 60)
 
         until = time.monotonic() + duration
+        timeline: list[dict] = []
+        sampler = asyncio.ensure_future(sample(pid, until, timeline))
         results = await asyncio.gather(
             control(stayer, rng, until, stalls),
             *(churn(http, base, tally, random.Random(seed + i), until, i, stalls) for i in range(peers)),
         )
+        await sampler
         stayed = await stayer.wait_frames(5, timeout=30)
         async with http.get(f"{base}/stats", params={"peer": stayer.id}) as response:
             stayer_stats = await response.json()
@@ -256,6 +268,7 @@ async def load(base: str, pid: int, peers: int, duration: float, seed: int) -> d
         "control_peer_stats": stayer_stats,
         "after_first_round": after_first,
         "after_run": after_run,
+        "timeline": timeline,
     }
 
 

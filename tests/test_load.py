@@ -69,7 +69,7 @@ def test_eight_peers_churn_for_two_minutes_and_nothing_is_lost(recipe_weights, t
     assert report["control_changes"] >= duration / 4, "the control peer hardly changed anything"
     first, last = report["after_first_round"], report["after_run"]
     assert last["fds"] <= first["fds"] and last["threads"] <= first["threads"], (first, last)
-    assert report["exit_code"] == 0, report["log_tail"]
+    assert report["exit_code"] == 143, report["log_tail"]  # SIGTERM, after closing every peer
     grown = last["rss_mb"] - first["rss_mb"]
     if grown >= 100:
         # Measured after the live core landed: +202 MB (1330 -> 1532 MB), over the 100 MB bound.

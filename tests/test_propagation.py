@@ -282,3 +282,34 @@ def test_settings_change_mid_stream_and_frame_size_resets():
     assert mad(outs[15], frames[15][1]) < mad(cv2.resize(noisy(frames[11][1], 12), (W, H)), frames[15][1])
     # Another frame size: a new stream, nothing carried over.
     assert prop.step(16, np.zeros((60, 80, 3), np.uint8)) is None
+
+
+def test_keyframes_are_averaged_where_the_picture_is_still_and_taken_where_it_moved():
+    """`fuse`: a still picture's keyframes differ only by the network's noise, so each new one is
+    averaged with the matte in use; where the subject moved since the last keyframe the new one
+    is taken as it is (the carried matte may have drifted there)."""
+    scene = Scene()
+    still_image, truth = scene.frame(translation(0))
+    first, second = np.zeros((H, W), np.float32), np.ones((H, W), np.float32)
+    for fuse, expected in ((0.5, 0.5), (1.0, 1.0)):
+        prop = Propagator(PropagationParams(fuse=fuse))
+        prop.step(0, still_image)
+        prop.keyframe(0, first)
+        for i in range(1, 4):
+            prop.step(i, still_image)
+        prop.keyframe(2, second)  # late: carried over frame 3, but nothing moved
+        assert np.allclose(prop.current(), expected, atol=1e-3), fuse
+
+    # The subject moves between the keyframes: on it, the new keyframe is taken as it is, while
+    # the background far from it (still) is averaged.
+    prop = Propagator(PropagationParams(fuse=0.5))
+    frames = [scene.frame(translation(i, speed=4.0))[0] for i in range(6)]
+    prop.step(0, frames[0])
+    prop.keyframe(0, first)
+    for i in range(1, 6):
+        prop.step(i, frames[i])
+    prop.keyframe(5, second)
+    out = prop.current()
+    on_subject = scene.frame(translation(5, speed=4.0))[1] > 0.99
+    assert out[on_subject].mean() > 0.95
+    assert abs(out[:20, :20].mean() - 0.5) < 0.05  # a still corner of the background

@@ -5,10 +5,15 @@ whatever native libraries earlier tests loaded into that process."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+
+import pytest
 
 from streamer.signals import exit_status
 
@@ -59,3 +64,31 @@ def test_signals_reach_the_loop_with_and_without_loop_signal_handlers():
 def test_exit_status_follows_the_shell():
     assert exit_status(signal.SIGINT) == 130
     assert exit_status(signal.SIGTERM) == 143
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_on_a_signal_with_its_exit_status(lite, signum):
+    port = free_port()
+    command = [sys.executable, "-m", "streamer", "serve", "--port", str(port), *lite]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait on the condition (listening), not on a delay
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()[1]
+            time.sleep(0.1)
+        server.send_signal(signum)
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == exit_status(signum), err
+    assert "Traceback" not in err, err

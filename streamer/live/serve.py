@@ -6,6 +6,7 @@ state and parameters are each peer's own.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import re
@@ -20,6 +21,7 @@ from streamer.live.http_guard import Access
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
 from streamer.pipeline.stages import Finisher
+from streamer.signals import exit_status, install_stop_handlers
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,7 @@ def finisher_factory(composite, smoothing, device):
 
 
 def serve(params: ServeParams, config: JobConfig) -> int:
-    """Run the page until Ctrl-C; every peer is closed on the way out."""
-    from aiohttp import web
+    """Run the page until Ctrl-C or SIGTERM; every peer is closed on the way out."""
 
     check_port_free(params)
     server = build_server(config, source=params.source, params=params)
@@ -124,8 +125,31 @@ def serve(params: ServeParams, config: JobConfig) -> int:
     print(f"streamer: serving {url} ({what}); press Ctrl-C to stop", flush=True)
     if params.admin_token:
         print(f"streamer: the operator's page (may change the model size): {url}/#admin=<--admin-token>")
-    web.run_app(server.build(), host=params.host, port=params.port, print=None)
-    return 0
+    return asyncio.run(_serve_until_signal(server.build(), params))
+
+
+async def _serve_until_signal(app, params: ServeParams) -> int:
+    """Serve until Ctrl-C or SIGTERM, then close every peer; the exit status names the signal
+    (130, 143), as a shell's job ended by one would (service managers read it)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stops: list[int] = []
+    stopped = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        stops.append(signum)
+        stopped.set()
+
+    undo = install_stop_handlers(asyncio.get_running_loop(), on_signal)
+    try:
+        await web.TCPSite(runner, params.host, params.port).start()
+        await stopped.wait()
+    finally:
+        undo()
+        await runner.cleanup()
+    return exit_status(stops[0])
 
 
 def check_port_free(params: ServeParams) -> None:
