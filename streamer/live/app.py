@@ -57,6 +57,7 @@ from streamer.live.http_guard import (
 from streamer.live.peer import PeerSession
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
+from streamer.memory import release_freed_memory
 from streamer.pipeline.stages import Finisher
 from streamer.propagation import PropagationParams
 
@@ -181,6 +182,8 @@ class LiveServer:
         if self.uploads is not None:
             for upload in self.uploads.glob(f"{peer.id}.*"):
                 upload.unlink(missing_ok=True)
+        # What the peer held is free now; without this the allocator keeps it for good.
+        release_freed_memory()
 
     def _peer(self, peer_id) -> PeerSession:
         peer = self.peers.get(peer_id) if isinstance(peer_id, str) else None
