@@ -123,7 +123,7 @@ def server(recipe_weights, tmp_path):
     yield url
     process.terminate()
     try:
-        assert process.wait(timeout=15) == 0, "streamer serve did not shut down cleanly"
+        assert process.wait(timeout=15) == 143, "streamer serve did not shut down cleanly (SIGTERM: 143)"
     finally:
         process.kill()
         log.close()
