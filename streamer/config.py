@@ -1,8 +1,10 @@
 """Job configuration: YAML presets plus command-line overrides, validated once, here.
 
-Each section is the `...Params` dataclass of the module that uses it; this file only knows
-how to turn loose values (YAML scalars, `--set key=value` strings) into those dataclasses and
-how to report a bad one in a single line. Precedence: defaults < config file < options.
+Each section is the `...Params` model (pydantic) of the module that uses it, declared with types
+and constraints; this file holds the types they share, and turns pydantic's ValidationError into
+one line naming the key, the bad value and the fix. YAML presets, `--set`, the command-line
+options and the page's `/params` JSON all go through `build_params` / `merge_params`.
+Precedence: defaults < config file < options.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import importlib
 import math
 import re
 import reprlib
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from streamer.errors import ConfigError
 
@@ -28,10 +30,14 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "composite": ("streamer.compose.compositor", "CompositeParams"),
     "output": ("streamer.config", "OutputParams"),
     "vcam": ("streamer.sinks.vcam", "VcamParams"),
+    "serve": ("streamer.live.params", "ServeParams"),
 }
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 """Presets shipped inside the package (package data), so `--config NAME` works from a wheel."""
+
+MAX_SIDE = 16384
+"""The largest side a size may have (beyond any camera, model input or display)."""
 
 _COLOURS = {
     "green": (0, 255, 0),
@@ -43,24 +49,6 @@ _COLOURS = {
     "gray": (128, 128, 128),
     "grey": (128, 128, 128),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputParams:
-    overwrite: bool = False
-    """Replace existing outputs (never done silently)."""
-    crf: int = 18
-    """H.264/VP9 quality (lower is better; 18 is visually lossless for most footage)."""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.crf <= 63:
-            raise ConfigError(f"output.crf: {self.crf} is out of range (use 0..63; 18 is a good default)")
-
-
-def params_class(section: str) -> type:
-    module, name = SECTIONS[section]
-    return getattr(importlib.import_module(module), name)
 
 
 def parse_colour(value: Any) -> tuple[int, int, int]:
@@ -93,7 +81,7 @@ def parse_size(value: Any) -> tuple[int, int]:
         size = tuple(_whole(v) for v in value)
     except (TypeError, ValueError, OverflowError):
         size = ()
-    if len(size) != 2 or min(size) <= 0:
+    if len(size) != 2 or not all(0 < s <= MAX_SIDE for s in size):
         raise ValueError("expected a size like 512x512 (height x width)")
     return size  # type: ignore[return-value]
 
@@ -109,80 +97,174 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
-def _finite(value: Any) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError("expected a finite number")
-    return number
-
-
-def shorten(value: Any, limit: int = 60) -> str:
-    """repr(value) cut to about `limit` characters: messages quote what they refuse, never all of it."""
-    brief = reprlib.Repr()
-    brief.maxstring = brief.maxother = brief.maxlong = limit
-    text = brief.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
-        if is_none and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            return _coerce(value, arg, name)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if hint is int:
-        try:
-            return _whole(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError("expected a whole number") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return _finite(value)
-    if hint is str:
-        return str(value)
-    if origin is tuple:
-        if "colo" in name:
-            return parse_colour(value)
-        if len(args) == 2 and args[1] is not Ellipsis:
-            return parse_size(value)
-        if isinstance(value, str):
-            value = [p for p in re.split(r"[,\s]+", value) if p]
-        return tuple(_coerce(v, args[0], name) for v in value)
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode reads True as 1; a switch given for a number is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
     return value
 
 
-def build_params(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    """Build a Params dataclass from loose values, with one-line errors naming the key."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, raw in values.items():
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{section}.{key}: unknown option (known: {known})")
+def _none_text(value: Any) -> Any:
+    """'', 'none' and 'null' (from `--set` or a form) mean None where None is allowed."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+        return None
+    return value
+
+
+def _items(value: Any) -> Any:
+    """'a, b' (from `--set`) -> ['a', 'b']; lists pass as they are."""
+    if isinstance(value, str):
+        return [p for p in re.split(r"[,\s]+", value) if p]
+    return value
+
+
+Colour = Annotated[tuple[int, int, int], BeforeValidator(parse_colour)]
+"""'#00ff00', '0,255,0', 'green' or [0, 255, 0]."""
+Size = Annotated[tuple[int, int], BeforeValidator(parse_size)]
+"""'512x288' (height x width), 512 or [512, 288]."""
+Items = BeforeValidator(_items)
+"""Annotate a tuple field with it to take 'a,b' as well as a list."""
+
+
+def Maybe(kind: Any) -> Any:  # noqa: N802 (a type)
+    """`kind` or None; 'none', 'null' and '' (from `--set` or a form) mean None."""
+    return Annotated[kind | None, BeforeValidator(_none_text)]
+
+
+def Whole(lo: int | None = None, hi: int | None = None) -> Any:  # noqa: N802 (a type)
+    """A whole number in lo..hi (True is not 1, 2.5 is not 2)."""
+    return Annotated[int, BeforeValidator(_not_bool), Field(ge=lo, le=hi)]
+
+
+def Number(lo: float | None = None, hi: float | None = None, *, above: float | None = None) -> Any:  # noqa: N802
+    """A finite number in lo..hi (or above `above`, exclusive)."""
+    return Annotated[float, BeforeValidator(_not_bool), Field(ge=lo, le=hi, gt=above)]
+
+
+class Params(BaseModel):
+    """Base of every config section: frozen, no unknown keys, finite numbers, and a bad value
+    given directly (`CompositeParams(mode="x")`) is a ConfigError like one from a file."""
+
+    # Numbers are text where text is wanted (a YAML `device: 0`, a token of digits).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True)
+
+    def __init__(self, /, **values: Any) -> None:
         try:
-            kwargs[key] = _coerce(raw, hints[key], key)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ConfigError(f"{section}.{key}: bad value {shorten(raw)}: {err}") from None
+            super().__init__(**values)
+        except ValidationError as err:
+            raise config_error(err, type(self), _section_of(type(self)), values) from None
+
+
+class FieldProblem(ValueError):
+    """Raised by a model validator about several fields, to name the one to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _section_of(cls: type) -> str:
+    for section, (module, name) in SECTIONS.items():
+        if cls.__name__ == name and cls.__module__ == module:
+            return section
+    return cls.__name__
+
+
+_REASONS = {
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_parsing_size": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected text",
+    "tuple_type": "expected a list",
+}
+
+
+def _reason(error: Mapping[str, Any], description: str | None = None) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _REASONS:
+        return _REASONS[kind]
+    if kind == "literal_error":
+        return f"expected {ctx['expected']}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        word = {"ge": "at least", "le": "at most", "gt": "above", "lt": "below"}
+        (bound, limit), *_ = ctx.items()
+        return (
+            f"expected {word[bound]} {limit:g}"
+            if isinstance(limit, float)
+            else f"expected {word[bound]} {limit}"
+        )
+    if kind in ("string_too_short", "string_too_long", "too_short", "too_long"):
+        return error["msg"].replace("String should have", "expected").replace("Input should have", "expected")
+    if kind == "string_pattern_mismatch":
+        return f"expected {description}" if description else "not in the expected form"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"]
+
+
+def config_error(err: ValidationError, cls: type, section: str, values: Mapping[str, Any]) -> ConfigError:
+    """pydantic's ValidationError -> one line: `section.key: bad value X: reason` (the first
+    problem only: one fix at a time reads better than a list)."""
+    error = err.errors(include_url=False)[0]
+    loc = error["loc"]
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(cls.model_fields))
+        return ConfigError(f"{section}.{shorten(loc[0], 40, quote=False)}: unknown option (known: {known})")
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, FieldProblem):
+        return ConfigError(f"{section}.{problem.field}: {shorten(str(problem), 200, quote=False)}")
+    key = str(loc[0]) if loc else ""
+    field = cls.model_fields.get(key)
+    reason = shorten(_reason(error, field and field.description), 200, quote=False)
+    if not loc:
+        return ConfigError(f"{section}: {reason}")
+    raw = values[key] if key in values else error.get("input")
+    return ConfigError(f"{section}.{key}: bad value {shorten(raw)}: {reason}")
+
+
+def shorten(value: Any, limit: int = 60, quote: bool = True) -> str:
+    """repr(value) (or str with quote=False) cut to about `limit` characters: messages quote
+    what they refuse, never all of it, and never a line break."""
+    if quote:
+        brief = reprlib.Repr()
+        brief.maxstring = brief.maxother = brief.maxlong = limit
+        text = brief.repr(value)
+    else:
+        text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def params_class(section: str) -> type:
+    module, name = SECTIONS[section]
+    return getattr(importlib.import_module(module), name)
+
+
+def build_params(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    """A Params model from loose values (YAML, `--set` text, JSON), or one ConfigError line."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: expected 'key: value' settings, got {shorten(values)}")
+    for key in values:
+        if not isinstance(key, str):  # YAML allows `1: 2`; pydantic takes names only
+            known = ", ".join(sorted(cls.model_fields))
+            raise ConfigError(f"{section}.{shorten(key, 40)}: unknown option (known: {known})")
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError, OverflowError) as err:
-        raise ConfigError(f"{section}: {err}") from None
+        return cls.model_validate(values)
+    except ValidationError as err:
+        raise config_error(err, cls, section, values) from None
+
+
+class OutputParams(Params):
+    overwrite: bool = False
+    """Replace existing outputs (never done silently)."""
+    crf: Whole(0, 63) = 18
+    """H.264/VP9 quality (lower is better; 18 is visually lossless for most footage)."""
+    progress: bool = True
 
 
 def resolve_config_path(name: str) -> Path:
@@ -271,9 +353,18 @@ def update_params(params: Any, section: str, key: str, raw: Any) -> Any:
 
 def merge_params(params: Any, section: str, changes: Mapping[str, Any]) -> Any:
     """A copy of `params` with `changes` applied, the merged result validated once as a whole,
-    so the order of the keys never matters (`mode: image` and its `background` together)."""
-    return build_params(type(params), {**_as_values(params), **changes}, section)
+    so the order of the keys never matters (`mode: image` and its `background` together).
+
+    (pydantic's `model_copy(update=...)` would skip validation.) The values given before are
+    kept as given, so `model_fields_set` still tells a chosen value from a default."""
+    if not isinstance(changes, Mapping):
+        raise ConfigError(f"{section}: expected 'key: value' settings, got {shorten(changes)}")
+    given = params.model_dump(include=params.model_fields_set)
+    return build_params(type(params), {**given, **changes}, section)
 
 
-def _as_values(params: Any) -> dict[str, Any]:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+def default_unset(params: Any, section: str, defaults: Mapping[str, Any]) -> Any:
+    """`params` with `defaults` for the keys no config file or option chose (a command's own
+    defaults, e.g. the smaller model size of `serve`)."""
+    missing = {k: v for k, v in defaults.items() if k not in params.model_fields_set}
+    return merge_params(params, section, missing) if missing else params

@@ -7,37 +7,43 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field
 
 from streamer.backends import BACKENDS, choose_backend
-from streamer.errors import ConfigError, DeviceError
+from streamer.config import Maybe, Params, Size, Whole
+from streamer.errors import DeviceError
 from streamer.model import MULTIPLE, PATCH_ORDERS, VARIANTS
 from streamer.model.graphed import GraphedForward
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 # ImageNet statistics the network was trained with (spec.md section 8).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class EngineParams:
-    variant: str = "portrait"
-    weights: str | None = None
+def _multiples(size: tuple[int, int]) -> tuple[int, int]:
+    if any(s % MULTIPLE for s in size):
+        raise ValueError(f"expected two multiples of {MULTIPLE} (e.g. 1024x1024 or 512x512)")
+    return size
+
+
+class EngineParams(Params):
+    variant: Literal[tuple(VARIANTS)] = "portrait"
+    weights: Maybe(str) = None
     """Local .safetensors/.pth file or Hugging Face repo id; None = the variant's official repo."""
-    size: tuple[int, int] = (1024, 1024)
+    size: Annotated[Size, AfterValidator(_multiples)] = (1024, 1024)
     """Network input (height, width); frames are resized to it and mattes back to frame size."""
-    device: str = "auto"
-    dtype: str = "auto"
+    device: Annotated[str, Field(pattern=_DEVICE, description="auto, cpu, cuda, cuda:N or mps")] = "auto"
+    dtype: Literal[("auto", *DTYPES)] = "auto"
     """auto = float16 on CUDA; on the CPU, OpenVINO's default (bfloat16 where the CPU has it, else
     float32) or float32 with torch. float32 on the CPU is the exact path."""
     compile: bool = False
@@ -46,49 +52,17 @@ class EngineParams:
     Off until it has been measured on a GPU (`scripts/bench_model.py --modes graph`)."""
     channels_last: bool = True
     """Channels-last convolutions on CUDA (ignored on CPU, where it is no faster)."""
-    patch_order: str | None = None
+    patch_order: Maybe(Literal[tuple(PATCH_ORDERS)]) = None
     """None = the order the variant's weights were trained with (legacy for portrait and lite)."""
-    batch_size: int = 1
+    batch_size: Whole(1, 4096) = 1
     """Frames that file jobs group per predict() call; predict() itself runs what it is given."""
-    backend: str = "auto"
+    backend: Literal[tuple(BACKENDS)] = "auto"
     """auto = OpenVINO on the CPU where it is installed (torch for float16 or compile), torch elsewhere."""
-    threads: int = 0
+    threads: Whole(0, 4096) = 0
     """CPU threads for the network (0 = the runtime's default, every core)."""
-    auto_size_pixels: int | None = None
+    auto_size_pixels: Maybe(Whole(MULTIPLE * MULTIPLE)) = None
     """When set, `size` is ignored: each frame keeps its aspect ratio at up to this many network
     pixels (`--size auto`, for the dynamic-resolution release); see `auto_input_size`."""
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"model.variant: {self.variant!r} is not one of {', '.join(VARIANTS)}")
-        size = tuple(self.size)
-        if len(size) != 2 or any(not isinstance(s, int) or s <= 0 or s % MULTIPLE for s in size):
-            shown = "x".join(str(s) for s in size)
-            raise ConfigError(
-                f"model.size: {shown} is not two positive multiples of {MULTIPLE} (use e.g. 1024x1024 or 512x512)"
-            )
-        object.__setattr__(self, "size", size)
-        if not _DEVICE.match(self.device):
-            raise ConfigError(f"model.device: {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype: {self.dtype!r} is not one of auto, {', '.join(DTYPES)}")
-        if self.patch_order is not None and self.patch_order not in PATCH_ORDERS:
-            raise ConfigError(
-                f"model.patch_order: {self.patch_order!r} is not one of {', '.join(PATCH_ORDERS)}"
-            )
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"model.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ConfigError(f"model.threads: {self.threads!r} is not a count of threads (0 = every core)")
-        if self.auto_size_pixels is not None and self.auto_size_pixels < MULTIPLE * MULTIPLE:
-            raise ConfigError(
-                f"model.auto_size_pixels: {self.auto_size_pixels} is below {MULTIPLE * MULTIPLE} "
-                "(use e.g. 1048576 for about 1024x1024)"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(
-                f"model.batch_size: {self.batch_size} must be at least 1 (use 1 for live video)"
-            )
 
 
 def auto_input_size(height: int, width: int, pixels: int) -> tuple[int, int]:

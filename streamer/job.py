@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from streamer.config import JobConfig, update_params
+from streamer.config import JobConfig, merge_params, update_params
 from streamer.errors import ConfigError, StreamerError
 
 
@@ -99,18 +99,6 @@ def carries_alpha(spec: str) -> bool:
     return fmt is not None and fmt.alpha
 
 
-def mode_given(args: argparse.Namespace) -> bool:
-    """Whether --mode, --set composite.mode=... or the --config file chose a compositing mode."""
-    from streamer.config import load_yaml, parse_assignment, resolve_config_path
-
-    if getattr(args, "mode", None) is not None:
-        return True
-    if any(parse_assignment(text)[:2] == ("composite", "mode") for text in getattr(args, "set", [])):
-        return True
-    config = getattr(args, "config", None)
-    return bool(config) and "mode" in load_yaml(resolve_config_path(config)).get("composite", {})
-
-
 def with_default_mode(config: JobConfig, args: argparse.Namespace) -> tuple[JobConfig, tuple | None]:
     """No mode chosen: RGBA when an output keeps alpha; the others show the colour composite.
 
@@ -118,11 +106,13 @@ def with_default_mode(config: JobConfig, args: argparse.Namespace) -> tuple[JobC
     colour themselves (the returned colour; None when nothing changed), which gives the
     colour composite. With a mode chosen, nothing changes.
     """
-    if mode_given(args) or not any(carries_alpha(spec) for spec in args.sink):
+    # A mode chosen by --mode, --set or the config file is in the fields set when loading.
+    chosen = "mode" in config.composite.model_fields_set
+    if chosen or not any(carries_alpha(spec) for spec in args.sink):
         return config, None
     color = config.composite.color
-    composite = dataclasses.replace(config.composite, mode="rgba")
-    vcam = dataclasses.replace(config.vcam, flatten_color=color)
+    composite = merge_params(config.composite, "composite", {"mode": "rgba"})
+    vcam = merge_params(config.vcam, "vcam", {"flatten_color": color})
     return dataclasses.replace(
         config, sections={**config.sections, "composite": composite, "vcam": vcam}
     ), color

@@ -40,68 +40,44 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from streamer.errors import ConfigError
+from streamer.config import Number, Params, Whole
 
 
-@dataclass(frozen=True)
-class PropagationParams:
+class PropagationParams(Params):
     enabled: bool = True
     """Off = every frame gets the newest network matte as it is (no flow)."""
-    keyframe_every: int = 1
+    keyframe_every: Whole(1, 1000) = 1
     """Run the network at most on every k-th frame (1 = whenever it is free)."""
-    flow_width: int = 320
+    flow_width: Whole(16, 4096) = 320
     """Width of the small grey images that flow runs on (height keeps the aspect ratio)."""
-    flow_finest_scale: int = 2
+    flow_finest_scale: Whole(0, 4) = 2
     """DIS's finest pyramid level: 2 = the ultrafast preset's (flow found at a quarter of the small
     image's resolution); 1 = at half, about twice the DIS time, sharper moving edges (BENCHMARKS.md)."""
-    history: int = 120
+    history: Whole(1, 100_000) = 120
     """Frames whose small grey images are kept to carry a late keyframe forward. A keyframe older
     than that is carried from the oldest kept frame (the motion before it is not known)."""
-    residual: float = 0.1
+    residual: Number(0, 1) = 0.1
     """Grey-level residual (0..1) after warping above which a pixel's flow starts to be distrusted
     (lenient: stricter values also reject good flow along moving edges, where the matte lags)."""
-    residual_range: float = 0.1
+    residual_range: Number(1e-6, 1) = 0.1
     """Residual above `residual` over which trust falls from 1 to 0 (soft: no hard seams)."""
     forward_backward: bool = False
     """Also check each flow against the flow the other way (one more DIS per frame and keyframe)."""
-    fb_tolerance: float = 0.5
+    fb_tolerance: Number(0, 1000) = 0.5
     """Forward-backward mismatch in small-image pixels that is always accepted."""
-    fb_relative: float = 0.05
+    fb_relative: Number(0, 10) = 0.05
     """...plus this share of the motion's length (fast motion is less precise)."""
-    scene_cut: float = 0.06
+    scene_cut: Number(0, 1) = 0.06
     """Mean grey-level mismatch (0..1) between two frames, after following the flow, that is a
     cut (motion leaves about 0.002 on a camera picture, a cut 0.05-0.3)."""
-    fuse: float = 0.5
+    fuse: Number(0, 1) = 0.5
     """Weight of a new keyframe's matte where the picture has not moved since the last keyframe
     (1 = take each keyframe as it is). Temporal smoothing at the keyframe rate: the per-frame
     smoother eases a keyframe's change in but cannot tell its noise from a correction, so a
     still edge would jump by the network's noise at every keyframe (BENCHMARKS.md)."""
-    fuse_motion: float = 2.0
+    fuse_motion: Number(1e-3, 1000) = 2.0
     """Motion since the last keyframe, in small-image pixels, at which the new keyframe is taken
     as it is (the carried matte may have drifted there; linear below)."""
-
-    def __post_init__(self) -> None:
-        for name, lo, hi in (
-            ("keyframe_every", 1, 1000),
-            ("flow_width", 16, 4096),
-            ("flow_finest_scale", 0, 4),
-            ("history", 1, 100_000),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ConfigError(f"propagation.{name}: {value!r} is not an integer in {lo}..{hi}")
-        for name, lo, hi in (
-            ("residual", 0.0, 1.0),
-            ("residual_range", 1e-6, 1.0),
-            ("fb_tolerance", 0.0, 1000.0),
-            ("fb_relative", 0.0, 10.0),
-            ("scene_cut", 0.0, 1.0),
-            ("fuse", 0.0, 1.0),
-            ("fuse_motion", 1e-3, 1000.0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-                raise ConfigError(f"propagation.{name}: {value!r} is not a number in {lo:g}..{hi:g}")
 
 
 def small_size(height: int, width: int, flow_width: int) -> tuple[int, int]:

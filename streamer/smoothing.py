@@ -19,58 +19,39 @@ ignores single-pixel sensor noise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamer.errors import ConfigError
+from streamer.config import Number, Params, Whole
 
 
-@dataclass(frozen=True)
-class SmoothingParams:
+class SmoothingParams(Params):
     enabled: bool = True
-    strength: float = 0.5
+    strength: Number(0, 1) = 0.5
     """0 = off, 1 = strongest; scales the still-region time constant up to `max_time_constant`."""
-    max_time_constant: float = 0.3
+    max_time_constant: Number(0, 10) = 0.3
     """Seconds: the time constant of still regions at strength 1."""
-    motion_threshold: float = 0.01
+    motion_threshold: Number(0, 1) = 0.01
     """Mean grey-level change (0..1) below which a region counts as still (sensor noise)."""
-    motion_range: float = 0.02
+    motion_range: Number(1e-6, 1) = 0.02
     """Grey-level change above the threshold over which the weight ramps to 1 (full follow)."""
-    motion_scale: int = 2
+    motion_scale: Whole(1, 16) = 2
     """The image difference is taken on a grid this many times coarser (averaging out sensor noise)."""
-    motion_reach: int = 6
+    motion_reach: Whole(0, 64) = 6
     """Pixels around a moving image region whose matte also follows (edges jitter and lag)."""
-    scene_cut: float = 0.2
+    scene_cut: Number(0, 1) = 0.2
     """Mean grey-level change of the whole frame that counts as a cut (reset)."""
-    max_gap: float = 0.5
+    max_gap: Number(0, 3600) = 0.5
     """Seconds between frames (their presentation times) above which the history is dropped
     (reset). A camera gap, not a network one: with propagation every camera frame arrives with a
     matte, so keyframes a second apart do not reset it."""
 
-    def __post_init__(self) -> None:
-        _check_range("smoothing.strength", self.strength, 0.0, 1.0)
-        _check_range("smoothing.max_time_constant", self.max_time_constant, 0.0, 10.0)
-        _check_range("smoothing.motion_threshold", self.motion_threshold, 0.0, 1.0)
-        _check_range("smoothing.motion_range", self.motion_range, 1e-6, 1.0)
-        _check_range("smoothing.scene_cut", self.scene_cut, 0.0, 1.0)
-        _check_range("smoothing.max_gap", self.max_gap, 0.0, 3600.0)
-        for name, lo, hi in (("motion_scale", 1, 16), ("motion_reach", 0, 64)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ConfigError(f"smoothing.{name}: {value!r} is not an integer in {lo}..{hi}")
-
     @property
     def time_constant(self) -> float:
         return self.strength * self.max_time_constant
-
-
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ConfigError(f"{name}: {value!r} is not a number in {lo:g}..{hi:g}")
 
 
 def grey_cells(image: torch.Tensor, grid: int) -> torch.Tensor:

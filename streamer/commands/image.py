@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from streamer.commands.options import add_backend_options
+from streamer.commands import options
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
@@ -42,28 +42,20 @@ def register(subparsers) -> None:
         default="cutout",
         help="mask: grey matte PNG; cutout: RGBA PNG (default); composite: on --color",
     )
-    p.add_argument(
-        "--color", default="white", help="background of --format composite (name, #rrggbb or r,g,b)"
-    )
+    p.add_argument("--color", help="background of --format composite (name, #rrggbb or r,g,b; default white)")
+    options.add_config_options(p)
     add_engine_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace existing output files")
     p.set_defaults(handler=run)
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
-    """The options `build_engine` reads, with the defaults of a one-off run on stills."""
-    from streamer.model import VARIANTS
-
-    p.add_argument("--variant", choices=tuple(VARIANTS), default="portrait")
-    p.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
-    p.add_argument(
-        "--size",
-        help="network input HxW, multiples of 32 (default: the variant's training size, 1024x1024 for "
-        "most), or auto: each image's aspect ratio within that many pixels (for --variant dynamic)",
+    """The options `build_engine` reads (model.*), with the defaults of a one-off run on stills."""
+    options.add_model_options(
+        p,
+        size_help="network input HxW, multiples of 32 (default: the variant's training size, 1024x1024 "
+        "for most), or auto: each image's aspect ratio within that many pixels (for --variant dynamic)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    add_backend_options(p)
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -123,59 +115,60 @@ def write_image(picture: torch.Tensor, path: Path) -> None:
         remove_quietly(partial)
 
 
-def build_engine(args: argparse.Namespace):
-    """The engine of the model and backend options (also `streamer eval`)."""
-    from streamer.config import parse_size
-    from streamer.engine import EngineParams, MattingEngine
+IMAGE_OPTIONS = {"color": ("composite", "color"), "overwrite": ("output", "overwrite")}
+
+
+def image_config(args: argparse.Namespace):
+    """The config of a run on stills (also `streamer eval`): --config, --set and the options,
+    with the defaults of stills where neither chose: the variant's own training size, and a
+    white background for --format composite."""
+    from streamer.config import default_unset, load_config, merge_params
     from streamer.model import VARIANTS
 
-    size, auto = VARIANTS[args.variant].size, None
-    if args.size and args.size.strip().lower() == "auto":
-        auto = size[0] * size[1]  # the release's own pixel count is the budget
-    elif args.size:
-        try:
-            size = parse_size(args.size)
-        except ValueError as err:
-            raise ConfigError(f"--size: {args.size!r}: {err} or auto") from None
-    try:
-        threads = int(args.threads or 0)
-    except ValueError:
-        raise ConfigError(f"--threads: {args.threads!r} is not a whole number (0 = every core)") from None
-    params = EngineParams(
-        variant=args.variant,
-        weights=args.weights,
-        size=size,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend or "auto",
-        threads=threads,
-        auto_size_pixels=auto,
-    )
-    return MattingEngine.from_params(params)
+    overrides = options.overrides_from_args(args, options.MODEL_OPTIONS, IMAGE_OPTIONS)
+    auto = (getattr(args, "size", None) or "").strip().lower() == "auto"
+    if auto:
+        overrides["model"]["size"] = None
+    fmt = getattr(args, "format", None)
+    if fmt is not None:
+        overrides.setdefault("composite", {})["mode"] = FORMATS[fmt]
+    config = load_config(getattr(args, "config", None), overrides)
+    model = config.model
+    trained = VARIANTS[model.variant].size
+    if auto:  # the release's own pixel count is the budget
+        model = merge_params(model, "model", {"auto_size_pixels": trained[0] * trained[1]})
+    config.sections["model"] = default_unset(model, "model", {"size": trained})
+    config.sections["composite"] = default_unset(config.composite, "composite", {"color": "white"})
+    return config
 
 
-def build(args: argparse.Namespace):
-    from streamer.compose.compositor import CompositeParams, Compositor
-    from streamer.config import parse_colour
+def build_engine(args: argparse.Namespace):
+    """The engine of the model and backend options (also `streamer eval`)."""
+    from streamer.engine import MattingEngine
 
-    try:
-        colour = parse_colour(args.color)
-    except ValueError as err:
-        raise ConfigError(f"--color: {args.color!r}: {err}") from None
-    composite = CompositeParams(mode=FORMATS[args.format], color=colour)
-    engine = build_engine(args)
-    return engine, Compositor(composite, engine.device)
+    return MattingEngine.from_params(image_config(args).model)
+
+
+def build(args: argparse.Namespace, config=None):
+    """(engine, compositor) of `config` (by default the one the options make)."""
+    from streamer.compose.compositor import Compositor
+    from streamer.engine import MattingEngine
+
+    config = config or image_config(args)
+    engine = MattingEngine.from_params(config.model)
+    return engine, Compositor(config.composite, engine.device)
 
 
 def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     targets = plan_outputs(paths, args.output, args.format)
     refuse_input_as_output(targets, paths)
+    config = image_config(args)
     existing = [t for t in targets if t.exists()]
-    if existing and not args.overwrite:
+    if existing and not config.output.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise ConfigError(f"output exists: {existing[0]}{more} (pass --overwrite to replace)")
-    engine, compositor = build(args)
+    engine, compositor = build(args, config)
     damage = InputDamage(" ".join(args.inputs), files_expected=len(paths))
     written: list[Path] = []
     bar = tqdm(list(zip(paths, targets, strict=True)), unit="image", disable=len(paths) < 2 or None)

@@ -20,6 +20,15 @@ MODEL_OPTIONS = {
     "backend": ("model", "backend"),
     "threads": ("model", "threads"),
 }
+SERVE_OPTIONS = {
+    "host": ("serve", "host"),
+    "port": ("serve", "port"),
+    "source": ("serve", "source"),
+    "backgrounds": ("serve", "backgrounds"),
+    "allowed_host": ("serve", "allowed_hosts"),
+    "admin_token": ("serve", "admin_token"),
+    "max_size": ("serve", "max_size"),
+}
 LOOK_OPTIONS = {
     "mode": ("composite", "mode"),
     "color": ("composite", "color"),
@@ -41,14 +50,19 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, title: str = "model", default_size: str = "1024x1024"
+    parser: argparse.ArgumentParser,
+    title: str = "model",
+    default_size: str = "1024x1024",
+    size_help: str | None = None,
 ) -> None:
     group = parser.add_argument_group(title)
     from streamer.model import VARIANTS
 
     group.add_argument("--variant", choices=tuple(VARIANTS), help="network (default portrait)")
     group.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
-    group.add_argument("--size", help=f"network input size HxW, multiples of 32 (default {default_size})")
+    group.add_argument(
+        "--size", help=size_help or f"network input size HxW, multiples of 32 (default {default_size})"
+    )
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
     add_backend_options(group)

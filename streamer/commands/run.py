@@ -86,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
         if len(args.sink) > 1:
             raise ConfigError("--sink webrtc cannot be combined with other sinks (run it as its own job)")
         from streamer.commands.serve import with_live_defaults
-        from streamer.live.serve import ServeParams, serve
+        from streamer.config import merge_params
+        from streamer.live.serve import serve
 
-        overrides = options.overrides_from_args(args, options.MODEL_OPTIONS)
-        return serve(ServeParams(source=args.source), with_live_defaults(config, args, overrides))
+        config = with_live_defaults(config)
+        return serve(merge_params(config.serve, "serve", {"source": args.source}), config)
     job = build_job(args, config)
     return asyncio.run(_run_job(job, args, config.output))
 

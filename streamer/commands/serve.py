@@ -8,10 +8,9 @@ source) over WebRTC, with live controls.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from streamer.commands import options
-from streamer.live.serve import ServeParams
+from streamer.live.params import ServeParams
 
 LIVE_SIZE = (512, 512)
 """Model size when none is configured: the native 1024 is too slow for live video."""
@@ -24,10 +23,9 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--host", default=ServeParams.host, help="address to listen on (default: %(default)s)"
-    )
-    parser.add_argument("--port", type=int, default=ServeParams.port, help="port (default: %(default)s)")
+    defaults = ServeParams()
+    parser.add_argument("--host", help=f"address to listen on (default: {defaults.host})")
+    parser.add_argument("--port", help=f"port (default: {defaults.port})")
     parser.add_argument(
         "--source", help="preview this server-side input (FILE, webcam:N, image folder) instead of the camera"
     )
@@ -39,7 +37,6 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--allowed-host",
         action="append",
-        default=[],
         metavar="NAME",
         help="a host name the page may be opened by besides --host (repeatable; e.g. behind a proxy)",
     )
@@ -62,37 +59,21 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace):
     from streamer.config import load_config
 
-    overrides = options.overrides_from_args(args, options.MODEL_OPTIONS, options.LOOK_OPTIONS)
-    return with_live_defaults(load_config(args.config, overrides), args, overrides)
+    tables = options.MODEL_OPTIONS, options.LOOK_OPTIONS, options.SERVE_OPTIONS
+    return with_live_defaults(load_config(args.config, options.overrides_from_args(args, *tables)))
 
 
-def with_live_defaults(config, args: argparse.Namespace, overrides: dict):
-    """The live defaults of `serve` (also `run --sink webrtc`): unless a size is set, the model
-    runs at LIVE_SIZE."""
-    if not size_given(args, overrides):
-        config.sections["model"] = dataclasses.replace(config.model, size=LIVE_SIZE)
+def with_live_defaults(config):
+    """The live defaults of `serve` (also `run --sink webrtc`): unless a config file or an
+    option sets the size, the model runs at LIVE_SIZE."""
+    from streamer.config import default_unset
+
+    config.sections["model"] = default_unset(config.model, "model", {"size": LIVE_SIZE})
     return config
-
-
-def size_given(args: argparse.Namespace, overrides: dict) -> bool:
-    """--size, --set model.size=... or a --config file that sets model.size."""
-    from streamer.config import load_yaml, resolve_config_path
-
-    if overrides["model"].get("size") is not None:
-        return True
-    return bool(args.config) and "size" in load_yaml(resolve_config_path(args.config)).get("model", {})
 
 
 def run(args: argparse.Namespace) -> int:
     from streamer.live.serve import serve
 
-    params = ServeParams(
-        host=args.host,
-        port=args.port,
-        source=args.source,
-        allowed_hosts=tuple(args.allowed_host),
-        max_size=args.max_size,
-        admin_token=args.admin_token,
-        backgrounds=args.backgrounds,
-    )
-    return serve(params, config_from_args(args))
+    config = config_from_args(args)
+    return serve(config.serve, config)

@@ -8,78 +8,68 @@ half-way through a frame. The background is reloaded only when its file changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from streamer.compose.background import ImageBackground, SolidBackground, VideoBackground
 from streamer.compose.blur import blur_background, blur_background_cpu
 from streamer.compose.edges import shape_alpha
 from streamer.compose.foreground import estimate_foreground
 from streamer.compose.foreground_tiles import estimate_foreground_u8
-from streamer.config import shorten
-from streamer.errors import ConfigError
+from streamer.config import Colour, FieldProblem, Maybe, Number, Params, Whole, shorten
 
 MODES = ("matte", "rgba", "color", "image", "video", "blur")
 CHANNELS = {"matte": 1, "rgba": 4}
 
 
-@dataclass(frozen=True)
-class CompositeParams:
-    mode: str = "color"
-    color: tuple[int, int, int] = (0, 255, 0)
+class CompositeParams(Params):
+    mode: Literal[MODES] = "color"
+    color: Colour = (0, 255, 0)
     """Background colour of mode `color` (green screen by default)."""
-    background: str | None = None
+    background: Maybe(str) = None
     """Image (mode `image`) or video (mode `video`) file."""
-    blur_radius: int = 25
+    blur_radius: Whole(0, 500) = 25
     """Pixels; strength of mode `blur`."""
     refine_foreground: bool = True
     """Estimate the subject's own colour in soft edges (no halo of the old background)."""
-    threshold: float | None = None
+    threshold: Maybe(Number(0, 1)) = None
     """Hard matte at this level (0..1); None keeps the soft matte."""
-    gamma: float = 1.0
+    gamma: Number(0.05, 20) = 1.0
     """Above 1 tightens soft edges, below 1 widens them (ignored with a threshold)."""
-    grow: int = 0
+    grow: Whole(-100, 100) = 0
     """Pixels to dilate (> 0) or erode (< 0) the matte."""
-    feather: int = 0
+    feather: Whole(0, 100) = 0
     """Pixels of edge softening."""
     mirror: bool = False
     """Flip horizontally (webcams are expected to behave like a mirror)."""
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"composite.mode: {shorten(self.mode)} is not one of {', '.join(MODES)}")
-        color = tuple(self.color) if isinstance(self.color, (list, tuple)) else ()
-        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
-            raise ConfigError(f"composite.color: {self.color!r} is not three integers 0..255 (e.g. 0,255,0)")
-        object.__setattr__(self, "color", color)
+    @model_validator(mode="after")
+    def _background_for_mode(self) -> CompositeParams:
         if self.mode in ("image", "video"):
             if not self.background:
-                raise ConfigError(
-                    f"composite.background: mode {self.mode!r} needs a file (pass --background PATH)"
+                raise FieldProblem("background", f"mode {self.mode!r} needs a file (pass --background PATH)")
+            if not _is_file(self.background):
+                raise FieldProblem(
+                    "background",
+                    f"not found: {shorten(self.background, quote=False)} (pass --background PATH)",
                 )
-            if not Path(self.background).is_file():
-                raise ConfigError(f"background not found: {self.background} (pass --background PATH)")
-        _check("composite.blur_radius", self.blur_radius, 0, 500, integer=True)
-        _check("composite.grow", self.grow, -100, 100, integer=True)
-        _check("composite.feather", self.feather, 0, 100, integer=True)
-        _check("composite.gamma", self.gamma, 0.05, 20.0)
-        if self.threshold is not None:
-            _check("composite.threshold", self.threshold, 0.0, 1.0)
+        return self
 
     @property
     def channels(self) -> int:
         return CHANNELS.get(self.mode, 3)
 
 
-def _check(name: str, value, lo: float, hi: float, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
-        what = "an integer" if integer else "a number"
-        raise ConfigError(f"{name}: {value!r} is not {what} in {lo:g}..{hi:g}")
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name the OS refuses (too long, a NUL byte) is no file
+        return False
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,6 @@ up to `--max-size`. Backgrounds come from an upload or by name from the operator
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import shutil
@@ -34,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -364,13 +362,5 @@ class LiveServer:
 
 
 def _plain(params) -> dict:
-    """A parameters dataclass as JSON-friendly values (tensors and paths left out or stringified)."""
-    out = {}
-    for field in dataclasses.fields(params):
-        value = getattr(params, field.name)
-        if isinstance(value, torch.Tensor | np.ndarray):
-            continue
-        if isinstance(value, Path):
-            value = str(value)
-        out[field.name] = value
-    return out
+    """A config section (a Params model) as JSON values."""
+    return params.model_dump(mode="json")

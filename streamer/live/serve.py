@@ -7,56 +7,19 @@ state and parameters are each peer's own.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
-import re
 import socket
-from dataclasses import dataclass
 
-from streamer.config import JobConfig, parse_size
+from streamer.config import JobConfig, merge_params
 from streamer.errors import ConfigError
 from streamer.live.app import LiveServer
 from streamer.live.backgrounds import BackgroundFolder
 from streamer.live.http_guard import Access
+from streamer.live.params import ServeParams
 from streamer.live.source_hub import SourceHub
 from streamer.live.worker import InferenceWorker
 from streamer.pipeline.stages import Finisher
 from streamer.signals import exit_status, install_stop_handlers
-
-
-@dataclass(frozen=True)
-class ServeParams:
-    host: str = "127.0.0.1"
-    """Address to listen on; the default keeps the page private to this machine."""
-    port: int = 8080
-    source: str | None = None
-    """A server-side input to preview (file, webcam:N, image folder); None = the browser's camera."""
-    allowed_hosts: tuple[str, ...] = ()
-    """Host names the page may be opened by, besides the bound address (behind a proxy, a LAN name)."""
-    max_size: tuple[int, int] | None = None
-    """The largest model size an admin request may set; None = the starting size."""
-    admin_token: str | None = None
-    """Secret that lets a request change what every peer shares (the model size)."""
-    backgrounds: str | None = None
-    """Folder whose pictures and videos the page may pick by name."""
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("serve.host: empty (use 127.0.0.1, or 0.0.0.0 to listen on every address)")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"serve.port: {self.port!r} is not a port number in 0..65535 (check --port)")
-        hosts = tuple(h.strip().lower().strip("[]") for h in self.allowed_hosts)
-        for host in hosts:
-            if not re.fullmatch(r"[a-z0-9._:\-]{1,253}", host):
-                raise ConfigError(f"--allowed-host: {host!r} is not a host name or address (e.g. myhost.lan)")
-        object.__setattr__(self, "allowed_hosts", hosts)
-        if self.max_size is not None:
-            try:
-                object.__setattr__(self, "max_size", parse_size(self.max_size))
-            except ValueError:
-                raise ConfigError(f"--max-size: {self.max_size!r} is not a size like 512x512") from None
-        if self.admin_token is not None and len(self.admin_token) < 16:
-            raise ConfigError("--admin-token: use at least 16 characters (e.g. from `openssl rand -hex 16`)")
 
 
 def build_server(
@@ -84,7 +47,7 @@ def build_server(
     def resize(size: tuple[int, int]):
         # The engine reads its input size on every call, so it changes in place (no weight
         # reload), between two batches of the worker thread: every peer gets the new size.
-        engine.params = dataclasses.replace(engine.params, size=size)
+        engine.params = merge_params(engine.params, "model", {"size": size})
         engine.size = engine.params.size
         return engine
 

@@ -14,10 +14,13 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+from pydantic import AfterValidator
 
+from streamer.config import Colour, Maybe, Number, Params, Whole, merge_params
 from streamer.doctor import MODPROBE, OBS_FIX
 from streamer.errors import ConfigError, DeviceError
 from streamer.frame import Frame
@@ -31,48 +34,30 @@ BACKENDS = ("v4l2loopback", "obs", "unitycapture")
 FITS = ("cover", "contain", "stretch")
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"vcam.{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+def _even_side(value: int) -> int:
+    if value % 2:
+        raise ValueError("expected an even number of pixels (cameras subsample colour in 2x2 blocks)")
+    return value
 
 
-@dataclasses.dataclass(frozen=True)
-class VcamParams:
-    width: int | None = None
+CameraSide = Annotated[Whole(2, 16384), AfterValidator(_even_side)]
+
+
+class VcamParams(Params):
+    width: Maybe(CameraSide) = None
     """Camera width; None: the source's."""
-    height: int | None = None
-    fps: float | None = None
+    height: Maybe(CameraSide) = None
+    fps: Maybe(Number(hi=240, above=0)) = None
     """Rate the camera is fed at, whatever the inference rate; None: the source's (30 if unknown)."""
-    device: str | None = None
+    device: Maybe(str) = None
     """e.g. /dev/video10 or 'OBS Virtual Camera'; None: the first free one."""
-    fmt: str = "rgb"
-    backend: str | None = None
+    fmt: Literal[FORMATS] = "rgb"
+    backend: Maybe(Literal[BACKENDS]) = None
     """v4l2loopback, obs or unitycapture; None: whichever works on this OS."""
-    fit: str = "cover"
+    fit: Literal[FITS] = "cover"
     """How a frame of another shape fills the camera: crop (cover), pad (contain) or stretch."""
-    flatten_color: tuple[int, int, int] = (0, 0, 0)
+    flatten_color: Colour = (0, 0, 0)
     """RGB that transparent pixels show (cameras have no alpha) and that pads 'contain'."""
-
-    def __post_init__(self):
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 2 or value % 2):
-                raise ConfigError(
-                    f"vcam.{name}: {value!r} must be an even number of pixels >= 2 "
-                    "(cameras subsample colour in 2x2 blocks)"
-                )
-        if self.fps is not None and not (isinstance(self.fps, int | float) and 0 < self.fps <= 240):
-            raise ConfigError(f"vcam.fps: {self.fps!r} must be a number of frames per second in (0, 240]")
-        _check_choice("fmt", self.fmt, FORMATS)
-        if self.backend is not None:
-            _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("fit", self.fit, FITS)
-        color = tuple(self.flatten_color) if isinstance(self.flatten_color, list | tuple) else None
-        if color is None or len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
-            raise ConfigError(
-                f"vcam.flatten_color: {self.flatten_color!r} must be 3 integers 0-255 (R, G, B)"
-            )
-        object.__setattr__(self, "flatten_color", color)
 
 
 # --- pixels ---------------------------------------------------------------------------------------
@@ -358,7 +343,7 @@ def open_vcam(
         raise ConfigError("vcam: the camera size is unknown (set vcam.width and vcam.height)")
     rate = params.fps or fps or 30.0
     rate = min(float(rate), 240.0)
-    resolved = dataclasses.replace(params, width=w, height=h, fps=rate)
+    resolved = merge_params(params, "vcam", {"width": w, "height": h, "fps": rate})
     return VcamSink(resolved, every_frame=every_frame)
 
 
