@@ -298,7 +298,8 @@ def load_yaml(path: Path) -> dict[str, dict[str, Any]]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # Bytes: YAML's reader decodes them and calls a file that is not text a YAMLError.
+        data = yaml.safe_load(path.read_bytes()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -157,14 +157,23 @@ def test_edge_controls():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"mode": "foo"}, "composite.mode: 'foo' is not one of matte, rgba, color, image, video, blur"),
+        (
+            {"mode": "foo"},
+            "composite.mode: bad value 'foo': expected 'matte', 'rgba', 'color', 'image', 'video' or 'blur'",
+        ),
         ({"mode": "image"}, "composite.background: mode 'image' needs a file (pass --background PATH)"),
         (
             {"mode": "video", "background": "nope.mp4"},
-            "background not found: nope.mp4 (pass --background PATH)",
+            "composite.background: not found: nope.mp4 (pass --background PATH)",
         ),
-        ({"color": (0, 300, 0)}, "composite.color: (0, 300, 0) is not three integers 0..255 (e.g. 0,255,0)"),
-        ({"blur_radius": -1}, "composite.blur_radius: -1 is not an integer in 0..500"),
+        (
+            {"color": (0, 300, 0)},
+            "composite.color: bad value (0, 300, 0): expected a colour like '#00ff00', '0,255,0' "
+            "or a name (green, blue, black, ...)",
+        ),
+        ({"blur_radius": -1}, "composite.blur_radius: bad value -1: expected at least 0"),
+        ({"gamma": float("nan")}, "composite.gamma: bad value nan: expected a finite number"),
+        ({"threshold": 2}, "composite.threshold: bad value 2: expected at most 1"),
     ],
 )
 def test_bad_params_are_one_line_config_errors(kwargs, message):

@@ -1,12 +1,18 @@
-import dataclasses
+from typing import Literal
 
 import pytest
 
 from streamer.config import (
     CONFIG_DIR,
+    Colour,
+    Maybe,
+    Number,
     OutputParams,
+    Params,
+    Size,
     build_params,
     load_config,
+    merge_params,
     parse_assignment,
     parse_colour,
     parse_size,
@@ -15,18 +21,13 @@ from streamer.config import (
 from streamer.errors import ConfigError
 
 
-@dataclasses.dataclass(frozen=True)
-class DemoParams:
-    mode: str = "color"
-    color: tuple[int, int, int] = (0, 255, 0)
-    size: tuple[int, int] = (1024, 1024)
-    strength: float = 0.5
+class DemoParams(Params):
+    mode: Literal["color", "blur"] = "color"
+    color: Colour = (0, 255, 0)
+    size: Size = (1024, 1024)
+    strength: Number(0, 1) = 0.5
     enabled: bool = True
-    background: str | None = None
-
-    def __post_init__(self):
-        if self.mode not in ("color", "blur"):
-            raise ConfigError(f"demo.mode: {self.mode!r} is not one of color, blur")
+    background: Maybe(str) = None
 
 
 def test_loose_values_become_typed_params():
@@ -36,6 +37,7 @@ def test_loose_values_become_typed_params():
         "demo",
     )
     assert p == DemoParams(color=(255, 0, 255), size=(512, 288), strength=0.8, enabled=False)
+    assert build_params(DemoParams, {"color": [1, 2, 3], "size": 256}, "demo").size == (256, 256)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,11 @@ def test_loose_values_become_typed_params():
         ({"color": "purplish"}, "demo.color: bad value 'purplish': expected a colour like"),
         ({"size": "big"}, "demo.size: bad value 'big': expected a size like 512x512"),
         ({"enabled": "maybe"}, "demo.enabled: bad value 'maybe': expected true or false"),
-        ({"mode": "sparkle"}, "demo.mode: 'sparkle' is not one of color, blur"),
+        ({"mode": "sparkle"}, "demo.mode: bad value 'sparkle': expected 'color' or 'blur'"),
+        ({"strength": "1.5"}, "demo.strength: bad value '1.5': expected at most 1"),
+        ({"strength": "inf"}, "demo.strength: bad value 'inf': expected a finite number"),
+        ({"strength": True}, "demo.strength: bad value True: expected a number, not true/false"),
+        ({"background": ["a"]}, "demo.background: bad value ['a']: expected text"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(values, message):
@@ -56,6 +62,13 @@ def test_bad_values_are_one_line_errors_naming_the_key(values, message):
         build_params(DemoParams, values, "demo")
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_params_made_directly_are_checked_alike():
+    with pytest.raises(ConfigError, match=r"^output.crf: bad value 99: expected at most 63$"):
+        OutputParams(crf=99)
+    with pytest.raises(ConfigError, match=r"^output.crf: bad value True: expected a number"):
+        OutputParams(crf=True)
 
 
 def test_parsers():
@@ -76,9 +89,11 @@ def test_update_params_validates_like_the_file():
         update_params(p, "demo", "mode", "sparkle")
 
 
-def test_output_params_range():
-    with pytest.raises(ConfigError, match=r"output.crf: 99 is out of range"):
-        OutputParams(crf=99)
+def test_merge_keeps_what_was_chosen_apart_from_defaults():
+    p = build_params(DemoParams, {"mode": "blur"}, "demo")
+    merged = merge_params(p, "demo", {"strength": 0.25})
+    assert merged.model_fields_set == {"mode", "strength"}
+    assert (merged.mode, merged.strength, merged.size) == ("blur", 0.25, (1024, 1024))
 
 
 def test_config_file_and_overrides(tmp_path):

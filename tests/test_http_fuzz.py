@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import io
 import json
 import logging
@@ -303,9 +302,9 @@ def test_huge_and_non_finite_numbers_in_every_setting(live):
     from streamer.propagation import PropagationParams
     from streamer.smoothing import SmoothingParams
 
-    targets = [("composite", f.name) for f in dataclasses.fields(CompositeParams)]
-    targets += [("smoothing", f.name) for f in dataclasses.fields(SmoothingParams)]
-    targets += [("propagation", f.name) for f in dataclasses.fields(PropagationParams)]
+    targets = [("composite", name) for name in CompositeParams.model_fields]
+    targets += [("smoothing", name) for name in SmoothingParams.model_fields]
+    targets += [("propagation", name) for name in PropagationParams.model_fields]
     targets += [("size", None)]
     hostile = st.one_of(
         numbers,

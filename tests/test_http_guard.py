@@ -338,6 +338,7 @@ def test_colour_and_size_refuse_non_finite_numbers(value):
 # -- the operator's options ------------------------------------------------------------------------
 def test_serve_options_for_the_http_surface(tmp_path):
     from streamer.cli import build_parser
+    from streamer.commands.serve import config_from_args
     from streamer.live.serve import ServeParams
 
     args = build_parser().parse_args(
@@ -349,16 +350,23 @@ def test_serve_options_for_the_http_surface(tmp_path):
         "768",
         str(tmp_path),
     )
-    params = ServeParams(allowed_hosts=tuple(args.allowed_host), max_size=args.max_size)
+    params = config_from_args(args).serve
     assert params.allowed_hosts == ("cam.lan", "::1") and params.max_size == (768, 768)
+    assert params.admin_token == "x" * 16 and params.backgrounds == str(tmp_path)
+    assert ServeParams(allowed_hosts="a.lan, B.lan").allowed_hosts == ("a.lan", "b.lan")  # --set form
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--admin-token", "short"], "--admin-token: use at least 16 characters"),
-        (["--max-size", "huge"], "--max-size: 'huge' is not a size like 512x512"),
-        (["--allowed-host", "evil.example/x"], "--allowed-host: 'evil.example/x' is not a host name"),
+        (["--admin-token", "short"], "serve.admin_token: bad value 'short': expected at least 16 characters"),
+        (["--max-size", "huge"], "serve.max_size: bad value 'huge': expected a size like 512x512"),
+        (
+            ["--allowed-host", "evil.example/x"],
+            "serve.allowed_hosts: bad value ['evil.example/x']: expected host",
+        ),
+        (["--port", "http"], "serve.port: bad value 'http': expected a whole number"),
+        (["--set", "serve.port=70000"], "serve.port: bad value '70000': expected at most 65535"),
         (["--backgrounds", "/nowhere/at/all"], "--backgrounds: /nowhere/at/all is not a folder"),
     ],
 )

@@ -117,7 +117,34 @@ def test_glob_and_same_names(cli, shots, tmp_path):
 
 def test_bad_size_is_one_line(cli, shots, tmp_path, capsys):
     assert main(["image", str(shots), "-o", str(tmp_path / "o"), "--size", "100x100"]) == 2
-    assert "model.size: 100x100 is not two positive multiples of 32" in capsys.readouterr().err
+    assert "model.size: bad value '100x100': expected two multiples of 32" in capsys.readouterr().err
+
+
+def test_config_and_set_reach_the_model_and_the_look(model_args, tmp_path):
+    from streamer.cli import build_parser
+    from streamer.commands.image import image_config
+
+    def config(*argv):
+        return image_config(build_parser().parse_args(["image", "in.png", "-o", "out", *argv]))
+
+    plain = config("--format", "composite")
+    assert plain.composite.mode == "color" and plain.composite.color == (255, 255, 255)  # stills' white
+    assert plain.model.size == (1024, 1024) and config("--variant", "lite-2K").model.size == (1440, 2560)
+    preset = tmp_path / "look.yaml"
+    preset.write_text("composite:\n  color: blue\n  mirror: true\nmodel:\n  size: 256x256\n")
+    chosen = config("--config", str(preset), "--format", "composite", "--set", "composite.grow=2")
+    assert (chosen.composite.color, chosen.composite.mirror, chosen.composite.grow) == ((0, 0, 255), True, 2)
+    assert chosen.model.size == (256, 256)
+    assert config("--config", str(preset), "--color", "red").composite.color == (255, 0, 0)  # option wins
+    assert config("--size", "auto", "--variant", "dynamic").model.auto_size_pixels == 1024 * 1024
+    assert config("--set", "output.overwrite=yes").output.overwrite is True
+
+
+def test_bad_set_is_one_line(cli, shots, tmp_path, capsys):
+    assert cli(shots, "-o", tmp_path / "o", "--set", "composite.feather=lots") == 2
+    err = capsys.readouterr().err
+    assert err == "streamer: error: composite.feather: bad value 'lots': expected a whole number\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_real_process(shots, tmp_path, model_args):

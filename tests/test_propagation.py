@@ -152,9 +152,9 @@ def test_pure_functions():
 def test_params_are_a_config_section():
     config = load_config(overrides={"propagation": {"flow_width": "160", "enabled": "off"}})
     assert config.propagation == PropagationParams(flow_width=160, enabled=False)
-    with pytest.raises(ConfigError, match=r"^propagation.keyframe_every: 0 is not an integer in 1..1000$"):
+    with pytest.raises(ConfigError, match=r"^propagation.keyframe_every: bad value 0: expected at least 1$"):
         PropagationParams(keyframe_every=0)
-    with pytest.raises(ConfigError, match=r"^propagation.residual: -1 is not a number"):
+    with pytest.raises(ConfigError, match=r"^propagation.residual: bad value -1: expected at least 0"):
         PropagationParams(residual=-1)
 
 

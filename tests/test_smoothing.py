@@ -147,9 +147,9 @@ def test_runs_on_the_alpha_device_with_a_cpu_image():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"strength": 1.5}, "smoothing.strength: 1.5 is not a number in 0..1"),
+        ({"strength": 1.5}, "smoothing.strength: bad value 1.5: expected at most 1"),
         ({"max_gap": -1}, "smoothing.max_gap"),
-        ({"motion_scale": 0}, "smoothing.motion_scale: 0 is not an integer in 1..16"),
+        ({"motion_scale": 0}, "smoothing.motion_scale: bad value 0: expected at least 1"),
     ],
 )
 def test_bad_params_are_one_line_config_errors(kwargs, message):

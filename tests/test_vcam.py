@@ -325,11 +325,12 @@ def test_sender_failure_surfaces_in_write(fake_device):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"width": 641}, "vcam.width: 641 must be an even number"),
-        ({"fmt": "rgba"}, "vcam.fmt: 'rgba' is not one of rgb, bgr, i420, nv12, yuyv, uyvy, gray"),
-        ({"backend": "dshow"}, "vcam.backend: 'dshow' is not one of v4l2loopback, obs, unitycapture"),
-        ({"fps": 0}, "vcam.fps: 0 must be"),
-        ({"flatten_color": (0, 0, 300)}, "vcam.flatten_color: (0, 0, 300) must be 3 integers"),
+        ({"width": 641}, "vcam.width: bad value 641: expected an even number of pixels"),
+        ({"fmt": "rgba"}, "vcam.fmt: bad value 'rgba': expected 'rgb', 'bgr', 'i420', 'nv12', 'yuyv',"),
+        ({"backend": "dshow"}, "vcam.backend: bad value 'dshow': expected 'v4l2loopback', 'obs' or"),
+        ({"fps": 0}, "vcam.fps: bad value 0: expected above 0"),
+        ({"fps": 241}, "vcam.fps: bad value 241: expected at most 240"),
+        ({"flatten_color": (0, 0, 300)}, "vcam.flatten_color: bad value (0, 0, 300): expected a colour"),
     ],
 )
 def test_params_are_validated(kwargs, message):

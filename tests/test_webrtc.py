@@ -357,7 +357,7 @@ async def test_frames_flow_both_ways_and_controls_apply_live(engine):
         expected = expected_output(engine, CompositeParams(mode="color", color=(255, 0, 255)))
         await client.shows(lambda picture: mean_error(picture, expected).max() < 10, "magenta")
         status, reply = await client.post("/params", {"composite": {"mode": "sepia"}})
-        assert status == 400 and reply["error"].startswith("composite.mode: 'sepia' is not one of")
+        assert status == 400 and reply["error"].startswith("composite.mode: bad value 'sepia': expected")
         status, reply = await client.post("/params", {"smoothing": {"strength": 0.9, "enabled": "on"}})
         assert status == 200 and reply["smoothing"]["strength"] == 0.9 and reply["smoothing"]["enabled"]
         async with http.get(f"{base}/stats", params={"peer": client.peer}) as response:
@@ -424,9 +424,9 @@ async def test_peers_share_the_worker_but_not_their_settings():
         assert server.worker.peers == 2
         status, _ = await magenta.post("/params", {"composite": {"mode": "color", "color": "magenta"}})
         assert status == 200
-        expected = expected_output(engine, CompositeParams("color", (255, 0, 255)))
+        expected = expected_output(engine, CompositeParams(mode="color", color=(255, 0, 255)))
         await magenta.shows(lambda picture: mean_error(picture, expected).max() < 10, "magenta")
-        assert_close((await grey.wait_frames(2))[-1], expected_output(engine, CompositeParams("matte")))
+        assert_close((await grey.wait_frames(2))[-1], expected_output(engine, CompositeParams(mode="matte")))
         assert sum(thread.name == "streamer-infer" for thread in threading.enumerate()) == 1
         await grey.close()
         await magenta.close()
@@ -489,7 +489,7 @@ async def test_unknown_peer_and_bad_size_are_400():
         await client.connect()
         status, reply = await client.post("/params", {"size": 100}, ADMIN)
         assert status == 400 and reply["error"].startswith(
-            "model.size: 100x100 is not two positive multiples"
+            "model.size: bad value 100: expected two multiples of 32"
         )
         async with http.post(f"{base}/background", params={"peer": client.peer}, data=b"not a picture") as r:
             assert r.status == 400 and "not a readable image" in (await r.json())["error"]
