@@ -16,7 +16,7 @@ import re
 import reprlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -147,6 +147,8 @@ class Params(BaseModel):
 
     # Numbers are text where text is wanted (a YAML `device: 0`, a token of digits).
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True)
+    prefix: ClassVar[str | None] = None
+    """How errors name a model that is not a config section (e.g. `webcam` for WebcamParams)."""
 
     def __init__(self, /, **values: Any) -> None:
         try:
@@ -167,7 +169,7 @@ def _section_of(cls: type) -> str:
     for section, (module, name) in SECTIONS.items():
         if cls.__name__ == name and cls.__module__ == module:
             return section
-    return cls.__name__
+    return getattr(cls, "prefix", None) or cls.__name__
 
 
 _REASONS = {

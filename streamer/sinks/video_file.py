@@ -24,11 +24,13 @@ import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 
-from streamer.errors import ConfigError, MediaError
+from streamer.config import Colour, Maybe, Params, Whole
+from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sinks.audio import AudioCarrier
 from streamer.sinks.paths import (
@@ -56,23 +58,17 @@ X264_PRESETS = (
 )
 
 
-@dataclass(frozen=True)
-class FileSinkParams:
-    crf: int = 18
+class FileSinkParams(Params):
+    prefix = "output"
+    crf: Whole(0, 63) = 18
     """Quality for H.264 and VP9 (lower is better; ProRes and FFV1 ignore it)."""
-    preset: str = "medium"
+    preset: Literal[X264_PRESETS] = "medium"
     """x264 speed/size trade-off."""
     audio: bool = True
     """Carry the source's audio over."""
-    flatten_color: tuple[int, int, int] | None = None
+    flatten_color: Maybe(Colour) = None
     """Where RGBA frames meet a format without alpha: laid over this colour (the colour composite);
     None lays them over black with a warning (alpha asked for, but this format cannot keep it)."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.crf <= 63:
-            raise ConfigError(f"output.crf: {self.crf} is out of range (use 0..63; 18 is a good default)")
-        if self.preset not in X264_PRESETS:
-            raise ConfigError(f"output.preset: {self.preset!r} is not one of {', '.join(X264_PRESETS)}")
 
 
 @dataclass(frozen=True)

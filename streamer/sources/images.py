@@ -15,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from streamer.errors import ConfigError, MediaError
+from streamer.config import Number, Params
+from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sources.base import InputDamage, SourceInfo
 
@@ -33,14 +33,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 GLOB_CHARS = ("*", "?", "[")
 
 
-@dataclass(frozen=True)
-class ImageSourceParams:
-    fps: float = 25.0
+class ImageSourceParams(Params):
+    prefix = "images"
+    fps: Number(above=0, hi=1000) = 25.0
     """Frame rate given to the images (they carry no timing of their own)."""
-
-    def __post_init__(self) -> None:
-        if not self.fps > 0:
-            raise ConfigError(f"images.fps: {self.fps} must be a number of frames per second > 0")
 
 
 def natural_key(path: Path) -> list:

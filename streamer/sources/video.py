@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import av
 import numpy as np
 import torch
 
-from streamer.errors import ConfigError, MediaError
+from streamer.config import Maybe, Number, Params
+from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sources.base import InputDamage, SourceInfo
 
@@ -32,16 +32,12 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp")
 NETWORK_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class VideoSourceParams:
-    live: bool | None = None
+class VideoSourceParams(Params):
+    prefix = "video"
+    live: Maybe(bool) = None
     """None: decide from the URL (rtsp/udp/... and http streams without a duration are live)."""
-    timeout: float = NETWORK_TIMEOUT_S
+    timeout: Number(above=0, hi=3600) = NETWORK_TIMEOUT_S
     """Seconds to wait for a network stream to open or deliver data."""
-
-    def __post_init__(self) -> None:
-        if self.timeout <= 0:
-            raise ConfigError(f"video.timeout: {self.timeout} must be > 0 seconds")
 
 
 def scheme_of(url: str) -> str | None:

@@ -12,13 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
 
+from streamer.config import Maybe, Number, Params, Whole
 from streamer.errors import ConfigError, DeviceError
 from streamer.frame import Frame
 from streamer.sources.base import SourceInfo
@@ -30,20 +30,12 @@ MAX_FAILED_READS = 50
 """Consecutive failed reads (about 1-2 s at camera rates) before the camera counts as gone."""
 
 
-@dataclass(frozen=True)
-class WebcamParams:
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
+class WebcamParams(Params):
+    prefix = "webcam"
+    width: Maybe(Whole(1, 16384)) = None
+    height: Maybe(Whole(1, 16384)) = None
+    fps: Maybe(Number(above=0, hi=1000)) = None
     """None: the camera's current mode."""
-
-    def __post_init__(self) -> None:
-        for name in ("width", "height", "fps"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(
-                    f"webcam.{name}: {value} must be > 0 (or left out for the camera's default)"
-                )
 
 
 def parse_device(spec: str) -> int | str:
