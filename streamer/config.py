@@ -220,10 +220,10 @@ def config_error(err: ValidationError, cls: type, section: str, values: Mapping[
         return ConfigError(f"{section}.{shorten(loc[0], 40, quote=False)}: unknown option (known: {known})")
     problem = (error.get("ctx") or {}).get("error")
     if isinstance(problem, FieldProblem):
-        return ConfigError(f"{section}.{problem.field}: {shorten(str(problem), 200, quote=False)}")
+        return ConfigError(f"{section}.{problem.field}: {shorten(str(problem), 160, quote=False)}")
     key = str(loc[0]) if loc else ""
     field = cls.model_fields.get(key)
-    reason = shorten(_reason(error, field and field.description), 200, quote=False)
+    reason = shorten(_reason(error, field and field.description), 160, quote=False)
     if not loc:
         return ConfigError(f"{section}: {reason}")
     raw = values[key] if key in values else error.get("input")

@@ -51,14 +51,19 @@ def test_defaults():
         (
             "size",
             (500, 512),
-            r"model\.size: 500x512 is not two positive multiples of 32 \(use e\.g\. 1024x1024",
+            r"model\.size: bad value \(500, 512\): expected two multiples of 32 \(e\.g\. 1024x1024",
         ),
-        ("size", (0, 512), r"model\.size: 0x512"),
-        ("variant", "huge", r"model\.variant: 'huge' is not one of portrait, lite, general"),
-        ("dtype", "int8", r"model\.dtype: 'int8' is not one of auto, float32, float16, bfloat16"),
-        ("device", "gpu", r"model\.device: 'gpu' is not one of auto, cpu, cuda, cuda:N"),
-        ("patch_order", "zigzag", r"model\.patch_order: 'zigzag' is not one of legacy, einops"),
-        ("batch_size", 0, r"model\.batch_size: 0 must be at least 1"),
+        ("size", (0, 512), r"model\.size: bad value \(0, 512\): expected a size like 512x512"),
+        ("variant", "huge", r"model\.variant: bad value 'huge': expected 'portrait', 'lite', 'general'"),
+        (
+            "dtype",
+            "int8",
+            r"model\.dtype: bad value 'int8': expected 'auto', 'float32', 'float16' or 'bfloat16'",
+        ),
+        ("device", "gpu", r"model\.device: bad value 'gpu': expected auto, cpu, cuda, cuda:N or mps"),
+        ("patch_order", "zigzag", r"model\.patch_order: bad value 'zigzag': expected 'legacy' or 'einops'"),
+        ("batch_size", 0, r"model\.batch_size: bad value 0: expected at least 1"),
+        ("threads", -1, r"model\.threads: bad value -1: expected at least 0"),
     ],
 )
 def test_params_validation(field, value, message):

@@ -43,7 +43,7 @@ def test_commands_replace_params_and_reject_bad_values(job):
     assert job.compositor.params.mode == "blur" and job.compositor.params.blur_radius == 40
     assert not job.smoother.params.enabled
     reply = controls.apply("mode sparkle")
-    assert reply.startswith("not changed: composite.mode: 'sparkle' is not one of")
+    assert reply.startswith("not changed: composite.mode: bad value 'sparkle': expected 'matte'")
     assert job.compositor.params.mode == "blur"
     assert controls.apply("jump 3").startswith("unknown command")
     assert "mode VALUE" in controls.apply("help")
