@@ -150,6 +150,7 @@ class Params(BaseModel):
     prefix: ClassVar[str | None] = None
     """How errors name a model that is not a config section (e.g. `webcam` for WebcamParams)."""
 
+    # pydantic calls an __init__ of the model's own from model_validate too: every way in is here.
     def __init__(self, /, **values: Any) -> None:
         try:
             super().__init__(**values)

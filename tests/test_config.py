@@ -22,6 +22,7 @@ from streamer.errors import ConfigError
 
 
 class DemoParams(Params):
+    prefix = "demo"
     mode: Literal["color", "blur"] = "color"
     color: Colour = (0, 255, 0)
     size: Size = (1024, 1024)

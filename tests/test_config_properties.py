@@ -58,8 +58,11 @@ def answer(make) -> object:
 @CHECKS
 @given(key=SOME_KEY, text=TEXT)
 def test_any_set_text_is_a_config_or_one_line(key, text):
-    section, option, value = parse_assignment(f"{key[0]}.{key[1]}={text}")
-    answer(lambda: load_config(None, {section: {option: value}}))
+    def make():
+        section, option, value = parse_assignment(f"{key[0]}.{key[1]}={text}")
+        return load_config(None, {section: {option: value}})
+
+    answer(make)
 
 
 @CHECKS
