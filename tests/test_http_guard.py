@@ -183,8 +183,10 @@ async def test_the_shared_model_size_is_the_operators_within_max_size(no_traceba
         for body, headers in (({"size": 1048576}, None), ({"size": 1048576}, {"Authorization": "Bearer x"})):
             status, reply = await client.post("/params", body, headers)
             assert status == 403 and "only the operator" in reply["error"]
-        status, reply = await client.post("/params", {"size": 1048576}, ADMIN)
+        status, reply = await client.post("/params", {"size": 1024}, ADMIN)
         assert status == 400 and "over this server's limit of 96x128" in reply["error"]
+        status, reply = await client.post("/params", {"size": 1048576}, ADMIN)  # beyond any size at all
+        assert status == 400 and "model.size: bad value 1048576: expected a size like" in reply["error"]
         status, reply = await client.post("/params", {"size": [96, 128]}, ADMIN)
         assert status == 200 and reply["size"] == [96, 128]
         await client.wait_frames(2)
