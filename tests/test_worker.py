@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from fractions import Fraction
 
 import pytest
 import torch
 
+from streamer.frame import Frame
 from streamer.live import worker as worker_module
 from streamer.live.worker import InferenceWorker
 from tests.harness import make_frames
@@ -226,3 +228,60 @@ async def test_results_never_sent_hold_the_worker_back_only_for_its_share(monkey
         await rig.engine_called(2)
         share = worker_module.QUIET_SHARE * rig.worker.stats.total_infer_s
         assert share == pytest.approx(0.01) and rig.worker.stats.quiet_wait_s == pytest.approx(0.0101)
+
+
+# -- still images (the HTTP image API) share the worker, after live frames ---------------------
+def still(value: int) -> Frame:
+    return Frame(torch.full((6, 10, 3), value, dtype=torch.uint8), None, Fraction(1), 0, 0.0)
+
+
+async def live_batch_done(rig: Rig, index: int) -> None:
+    rig.engine.finish()
+    assert (await asyncio.wait_for(rig.slot.get(), 20)).index == index
+    rig.slot.sent()
+
+
+async def test_an_image_waits_behind_live_frames_then_gets_the_network_alone(monkeypatch):
+    monkeypatch.setattr(worker_module, "FRESH_WAIT_SHARE", 0.0)
+    monkeypatch.setattr(worker_module, "QUIET_SHARE", 0.0)
+    async with Rig() as rig:
+        images = rig.worker.open_slot("image", image=True)
+        assert rig.worker.peers == 1  # an image request is not a live peer
+        rig.put(0, 0.0)
+        await rig.engine_called(1)
+        images.put(still(200))
+        # The camera always has a frame waiting when the network comes free (a busy CPU):
+        for k in range(1, 5):
+            rig.put(k, 0.1 * k)
+            await live_batch_done(rig, k - 1)
+            await rig.engine_called(k + 1)
+        # Live frames 1-3 passed the image over (LIVE_TURNS), then it went in on its own; live
+        # frame 4, waiting meanwhile, goes next: it waited one image's pass, not longer.
+        rig.engine.finish()
+        result = await asyncio.wait_for(images.get(), 20)
+        assert result.alpha.shape == (6, 10) and result.image[0, 0, 0] == 200
+        await rig.engine_called(6)
+        assert [value for _, value in rig.engine.calls] == [0, 1, 2, 3, 200, 4]
+        await live_batch_done(rig, 4)
+        assert rig.worker.stats.images == 1 and rig.worker.stats.frames == 5  # live frames only
+        images.close()
+
+
+async def test_an_image_goes_in_at_once_when_no_live_frame_waits(monkeypatch):
+    monkeypatch.setattr(worker_module, "QUIET_SHARE", 0.0)
+    async with Rig() as rig:
+        first, second = (rig.worker.open_slot(f"image-{i}", image=True) for i in range(2))
+        first.put(still(201))
+        second.put(still(202))
+        await rig.engine_called(1)
+        rig.put(0, 0.0)  # arrives while the first image is in the engine: it goes next
+        rig.engine.finish()
+        await rig.engine_called(2)
+        rig.engine.finish()
+        await rig.engine_called(3)
+        rig.engine.finish()
+        # One image per pass, in the order they came; the live frame went before the second.
+        assert [value for _, value in rig.engine.calls] == [201, 0, 202]
+        assert (await asyncio.wait_for(second.get(), 20)).image[0, 0, 0] == 202
+        assert (await asyncio.wait_for(first.get(), 20)).image[0, 0, 0] == 201
+        assert (await asyncio.wait_for(rig.slot.get(), 20)).index == 0

@@ -17,6 +17,13 @@ interval and the thread is idle when frames arrive anyway.
 After a batch the thread stays out of the way until every stream has taken its result in (the
 stream says so with `WorkerSlot.sent`), for at most `QUIET_SHARE` of a batch's time: on a
 machine without a spare core, the network's threads would otherwise slow that stretch.
+
+Still images (the HTTP image API, `streamer.live.api`) use the same thread through slots opened
+with `image=True`, one per request. They come second: an image goes into the engine alone, when
+no live frame is waiting, or after `LIVE_TURNS` live batches in a row have passed it over (a busy
+CPU always has a live frame waiting, and an image must be answered some time). So a live stream
+waits at most one image's pass for its next keyframe, while its frames keep flowing with mattes
+carried by optical flow; and a batch of live frames is never made longer by an image.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ FRESH_WAIT_SHARE = 0.05
 """The longest the worker waits for fresher frames, as a share of its last batch's time."""
 QUIET_SHARE = 0.05
 """The longest the worker waits for a batch's results to be sent, as a share of its time."""
+LIVE_TURNS = 3
+"""Live batches that may pass a waiting image over before it gets the network once: with live
+streams keeping the network busy, images get at most a quarter of its passes."""
 
 
 class SlotClosed(Exception):
@@ -58,6 +68,9 @@ class WorkerStats:
     fresh_wait_s: float = 0.0
     quiet_wait_s: float = 0.0
     """Time spent waiting for results to be sent before the next batch."""
+    images: int = 0
+    """Still images matted (batches of one, counted apart: the live figures are live frames only)."""
+    image_infer_s: float = 0.0
 
     @property
     def mean_infer_s(self) -> float:
@@ -67,8 +80,16 @@ class WorkerStats:
 class WorkerSlot:
     """A peer's place in the worker: `put` frames in (from the event loop), `await get()` results."""
 
-    def __init__(self, worker: InferenceWorker, name: str, prepare: Callable[[object], Frame] | None) -> None:
+    def __init__(
+        self,
+        worker: InferenceWorker,
+        name: str,
+        prepare: Callable[[object], Frame] | None,
+        image: bool = False,
+    ) -> None:
         self.name = name
+        self.image = image
+        """A still image's slot: it waits while live frames go first (see the module's doc)."""
         self._worker = worker
         self._prepare = prepare
         self._waiting: object | None = None
@@ -154,8 +175,12 @@ class WorkerSlot:
         # A quarter interval more before giving up, for network jitter.
         return self._last_put + self.interval, self._last_put + 1.25 * self.interval
 
+    @property
+    def _ready_to_take(self) -> bool:
+        return not (self.closed or self._in_flight or self._waiting is None)
+
     def _take(self) -> object | None:
-        if self.closed or self._in_flight or self._waiting is None:
+        if not self._ready_to_take:
             return None
         frame, self._waiting = self._waiting, None
         self._in_flight = True
@@ -207,10 +232,13 @@ class InferenceWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = WorkerStats()
         self._counter = 0
+        self._passed_over = 0
+        """Live batches in a row that went ahead of a waiting image."""
 
     @property
     def peers(self) -> int:
-        return len(self._slots)
+        """Live streams (image requests are not peers)."""
+        return sum(not slot.image for slot in self._slots)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -229,13 +257,19 @@ class InferenceWorker:
             self._thread = None
 
     def open_slot(
-        self, name: str | None = None, prepare: Callable[[object], Frame] | None = None
+        self,
+        name: str | None = None,
+        prepare: Callable[[object], Frame] | None = None,
+        *,
+        image: bool = False,
     ) -> WorkerSlot:
-        """A new peer's slot; `prepare` (run in the worker thread) turns what it puts into a Frame."""
+        """A new peer's slot; `prepare` (run in the worker thread) turns what it puts into a Frame.
+
+        `image=True`: a still image's slot, served after live frames (see the module's doc)."""
         if self._thread is None or self._stopping:
             raise RuntimeError("the inference worker is not running")
         self._counter += 1
-        slot = WorkerSlot(self, name or f"slot-{self._counter}", prepare)
+        slot = WorkerSlot(self, name or f"slot-{self._counter}", prepare, image)
         with self._cond:
             self._slots[slot] = None
         return slot
@@ -273,7 +307,7 @@ class InferenceWorker:
                     waited_from = waited_from or now
                     self._cond.wait(deadline - now)
                     continue
-                batch = [(slot, item) for slot in self._slots if (item := slot._take()) is not None]
+                batch = self._take_batch()
                 size, self._pending_size = self._pending_size, None
                 if batch or size:
                     if waited_from is not None:
@@ -281,6 +315,20 @@ class InferenceWorker:
                         self.stats.fresh_wait_s += self.clock() - waited_from
                     return batch, size
                 self._cond.wait()
+
+    def _take_batch(self) -> list[tuple[WorkerSlot, object]]:
+        """Every waiting live frame, or one image when its turn has come (lock held)."""
+        image = next((slot for slot in self._slots if slot.image and slot._ready_to_take), None)
+        live_waiting = any(not slot.image and slot._ready_to_take for slot in self._slots)
+        if image is not None and (not live_waiting or self._passed_over >= LIVE_TURNS):
+            self._passed_over = 0
+            return [(image, image._take())]
+        batch = [
+            (slot, item) for slot in self._slots if not slot.image and (item := slot._take()) is not None
+        ]
+        if image is not None:
+            self._passed_over += 1
+        return batch
 
     def _fresher_frames_due(self, now: float, budget: float) -> float | None:
         """Until when to wait for the successors of stale frames, or None to start now (lock held)."""
@@ -312,11 +360,12 @@ class InferenceWorker:
             except Exception as err:  # a failed batch is reported to each peer, the worker goes on
                 log.exception("inference failed")
                 results = [err] * len(batch)
-            self._record(len(batch), self.clock() - started)
+            self._record(batch, self.clock() - started)
             with self._cond:
                 for (slot, _), result in zip(batch, results, strict=True):
                     slot._in_flight = False
-                    slot._unsent = isinstance(result, Frame)
+                    # Nobody waits for an image's result to be sent: its request takes it.
+                    slot._unsent = isinstance(result, Frame) and not slot.image
             for (slot, _), result in zip(batch, results, strict=True):
                 self._call_soon(slot._deliver, result)
             self._wait_until_sent([slot for slot, _ in batch])
@@ -338,8 +387,13 @@ class InferenceWorker:
         except Exception:
             log.exception("could not change the model size to %sx%s", *size)
 
-    def _record(self, batch_size: int, seconds: float) -> None:
+    def _record(self, batch: list[tuple[WorkerSlot, object]], seconds: float) -> None:
         stats = self.stats
+        if batch[0][0].image:
+            stats.images += 1
+            stats.image_infer_s += seconds
+            return
+        batch_size = len(batch)
         stats.batches += 1
         stats.frames += batch_size
         stats.last_batch_size = batch_size
