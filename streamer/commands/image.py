@@ -103,9 +103,14 @@ def read_image(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
 
 
-def write_image(picture: torch.Tensor, path: Path) -> None:
+def to_pil(picture: torch.Tensor) -> Image.Image:
+    """Compositor output (H, W, 1|3|4) as a grey, RGB or RGBA picture."""
     array = picture.numpy()
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def write_image(picture: torch.Tensor, path: Path) -> None:
+    image = to_pil(picture)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
@@ -157,6 +162,16 @@ def build(args: argparse.Namespace, config=None):
     config = config or image_config(args)
     engine = MattingEngine.from_params(config.model)
     return engine, Compositor(config.composite, engine.device)
+
+
+def make_compositor(fmt: str, color, device):
+    """The Compositor of an output format (mask, cutout, composite on `color`), as the options
+    make it (`image_config`): the image API's (`streamer.live.api`)."""
+    from streamer.compose.compositor import CompositeParams, Compositor
+    from streamer.config import merge_params
+
+    params = merge_params(CompositeParams(), "composite", {"mode": FORMATS[fmt], "color": color})
+    return Compositor(params, device)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """What `streamer serve` accepts over HTTP: one error path, bounded bodies, same-origin changes.
 
 Every refusal is an `HTTPProblem` that the middleware turns into `{"error": "<one line>"}` with
-its status (400 bad input, 403 forbidden, 404/405 from the router, 413 too large). Nothing a
+its status (400 bad input, 401 no or wrong API key, 403 forbidden, 404/405 from the router, 413
+too large). Nothing a
 client sends reaches the handlers' logic unchecked:
 
 - `Host` must name the address the connection reached (or `localhost` on loopback), or a name
@@ -9,7 +10,9 @@ client sends reaches the handlers' logic unchecked:
 - Requests that change state (every POST) must come from the page's own origin: a browser
   says where a request comes from in `Origin` and `Sec-Fetch-Site`; other clients send neither.
   They must also carry a type a cross-site form cannot send without a CORS preflight (which
-  this server never grants): `application/json`, or an image type for uploads.
+  this server never grants): `application/json`, or an image type for uploads. The image API
+  (`streamer.live.api`) also takes multipart forms, as API clients send them: a browser form
+  from another site still carries `Origin` and `Sec-Fetch-Site`, and is refused on those.
 - Bodies are read up to a limit before any parsing; JSON is UTF-8, finite numbers only, and
   nested at most `MAX_JSON_DEPTH` deep; pictures are checked from their header (pixel budget,
   Pillow's decompression-bomb warning as an error) before a pixel is decoded.
@@ -66,6 +69,10 @@ class Forbidden(HTTPProblem):
     status = 403
 
 
+class Unauthorized(HTTPProblem):
+    status = 401
+
+
 class TooLarge(HTTPProblem):
     status = 413
 
@@ -97,7 +104,16 @@ def one_line(message: str) -> str:
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": one_line(message)}, status=status)
+    headers = {hdrs.WWW_AUTHENTICATE: "Bearer"} if status == 401 else None
+    return web.json_response({"error": one_line(message)}, status=status, headers=headers)
+
+
+def bearer_matches(request: web.Request, secret: str) -> bool:
+    """Whether `Authorization: Bearer <secret>` came with the request (constant-time compare)."""
+    scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode("utf-8", "replace"), secret.encode()
+    )
 
 
 @dataclass(frozen=True)
@@ -110,12 +126,7 @@ class Access:
     """Bearer token for shared changes (`--admin-token`); None: only the command line changes them."""
 
     def is_admin(self, request: web.Request) -> bool:
-        if not self.admin_token:
-            return False
-        scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("utf-8", "replace"), self.admin_token.encode()
-        )
+        return bool(self.admin_token) and bearer_matches(request, self.admin_token)
 
     def middleware(self):
         @web.middleware
@@ -215,8 +226,13 @@ def _origin(origin: str) -> tuple[str, int | None] | None:
 
 
 # -- bodies -------------------------------------------------------------------------------------
-def _require_type(request: web.Request, accepted: tuple[str, ...], fix: str) -> None:
-    kind = request.headers.get(hdrs.CONTENT_TYPE, "").split(";")[0].strip().lower()
+def content_type(request: web.Request) -> str:
+    """The body's media type, lower case, without parameters ('' when there is none)."""
+    return request.headers.get(hdrs.CONTENT_TYPE, "").split(";")[0].strip().lower()
+
+
+def require_type(request: web.Request, accepted: tuple[str, ...], fix: str) -> None:
+    kind = content_type(request)
     if not any(kind == a or (a.endswith("/") and kind.startswith(a)) for a in accepted):
         raise Forbidden(f"{request.path[:80]}: Content-Type {kind[:60]!r} is not accepted; {fix}")
 
@@ -238,7 +254,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 async def read_json(request: web.Request) -> dict:
     """The JSON object a state-changing request carries, checked as described above."""
-    _require_type(request, ("application/json",), "send JSON with Content-Type: application/json")
+    require_type(request, ("application/json",), "send JSON with Content-Type: application/json")
     return parse_json(await read_body(request, MAX_JSON_BYTES), request.path[:80])
 
 
@@ -290,16 +306,16 @@ def _depth(value) -> int:
 
 # -- pictures -----------------------------------------------------------------------------------
 async def read_upload(request: web.Request) -> bytes:
-    _require_type(request, UPLOAD_TYPES, "send the file with its image type (e.g. image/png)")
+    require_type(request, UPLOAD_TYPES, "send the file with its image type (e.g. image/png)")
     return await read_body(request, MAX_UPLOAD_BYTES)
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, what: str = "background") -> np.ndarray:
     """uint8 RGB (H, W, 3), at most KEEP_SIDE on each side, from PNG/JPEG/... bytes.
 
     The size is read from the header and checked before anything is decoded; runs in a
-    thread (decoding a large picture takes a while)."""
-    from PIL import Image
+    thread (decoding a large picture takes a while). `what` names the picture in errors."""
+    from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -308,11 +324,12 @@ def decode_image(data: bytes) -> np.ndarray:
                 width, height = picture.size
                 if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
                     raise TooLarge(
-                        f"background: {width}x{height} is too large (at most {MAX_PIXELS // 10**6} "
+                        f"{what}: {width}x{height} is too large (at most {MAX_PIXELS // 10**6} "
                         f"megapixels, {MAX_SIDE} on a side); upload a smaller picture"
                     )
                 picture.draft("RGB", (KEEP_SIDE, KEEP_SIDE))  # JPEG: decode at a reduced scale
-                rgb = picture.convert("RGB")
+                # Phone photos store their rotation in EXIF (as `streamer image` reads them).
+                rgb = ImageOps.exif_transpose(picture).convert("RGB")
                 rgb.thumbnail((KEEP_SIDE, KEEP_SIDE))
                 return np.asarray(rgb)
         except HTTPProblem:
@@ -320,10 +337,8 @@ def decode_image(data: bytes) -> np.ndarray:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             # Pillow's own check, made while reading the header: its message gives the size.
             raise TooLarge(
-                f"background: the picture is too large ({str(err)[:90]}); upload a smaller one"
+                f"{what}: the picture is too large ({str(err)[:90]}); upload a smaller one"
             ) from None
         except Exception as err:  # Pillow's many complaints about a broken file are the client's to fix
             reason = str(err)[:80] or type(err).__name__
-            raise BadRequest(
-                f"background: not a readable image ({reason}); upload a PNG or JPEG file"
-            ) from None
+            raise BadRequest(f"{what}: not a readable image ({reason}); upload a PNG or JPEG file") from None
