@@ -28,6 +28,10 @@ SERVE_OPTIONS = {
     "allowed_host": ("serve", "allowed_hosts"),
     "admin_token": ("serve", "admin_token"),
     "max_size": ("serve", "max_size"),
+    "webrtc": ("serve", "webrtc"),
+    "api_key": ("serve", "api_key"),
+    "allow_local_urls": ("serve", "allow_local_urls"),
+    "url_timeout": ("serve", "url_timeout"),
 }
 LOOK_OPTIONS = {
     "mode": ("composite", "mode"),

@@ -13,6 +13,8 @@ Endpoints (JSON unless noted):
   GET  /stats?peer=      counters of that peer (delivered fps, latency, drops, keyframe rate, the
                          network's time); "compat": which aiortc patches are in use
                          (streamer.live.aiortc_compat)
+  /v1/...                the image API (streamer.live.api), on the same worker; with
+                         `webrtc=False` (`serve --no-webrtc`) the only endpoints
 
 What a request may carry, and the one error path for everything else (400, 403, 404, 405, 413
 with a one-line JSON reason), is `http_guard`'s job. Peers change only their own look and
@@ -40,6 +42,7 @@ from streamer.compose.compositor import MODES
 from streamer.config import merge_params
 from streamer.live import aiortc_compat
 from streamer.live.aiortc_compat import answered_video_codec, release_on_marker, use_live_encoder
+from streamer.live.api import ImageAPI
 from streamer.live.backgrounds import BackgroundFolder
 from streamer.live.core import Settings
 from streamer.live.http_guard import (
@@ -113,8 +116,12 @@ class LiveServer:
         access: Access | None = None,
         max_size: tuple[int, int] | None = None,
         backgrounds: BackgroundFolder | None = None,
+        api: ImageAPI | None = None,
+        webrtc: bool = True,
     ) -> None:
         self.worker = worker
+        self.api = api
+        self.webrtc = webrtc
         self.make_finisher = make_finisher
         self.propagation = propagation or PropagationParams()
         """Each new peer's starting keyframe and propagation settings (a peer may change its own)."""
@@ -142,17 +149,20 @@ class LiveServer:
             client_max_size=MAX_UPLOAD_BYTES,
             handler_args=handler_args(),
         )
-        app.router.add_get("/", self.index)
-        app.router.add_static("/static", STATIC)
-        app.router.add_get("/config", self.config)
-        app.router.add_post("/offer", self.offer)
-        app.router.add_post("/close", self.close)
-        app.router.add_post("/params", self.params)
-        app.router.add_post("/background", self.background)
-        app.router.add_get("/stats", self.stats)
-        app.on_startup.append(self._startup)
+        if self.webrtc:
+            app.router.add_get("/", self.index)
+            app.router.add_static("/static", STATIC)
+            app.router.add_get("/config", self.config)
+            app.router.add_post("/offer", self.offer)
+            app.router.add_post("/close", self.close)
+            app.router.add_post("/params", self.params)
+            app.router.add_post("/background", self.background)
+            app.router.add_get("/stats", self.stats)
+        app.on_startup.append(self._startup)  # the worker starts before the API's own startup
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
+        if self.api is not None:
+            self.api.add_routes(app)
         return app
 
     # -- lifetime -------------------------------------------------------------------------------

@@ -35,3 +35,12 @@ class ServeParams(Params):
     characters, e.g. from `openssl rand -hex 16`."""
     backgrounds: Maybe(str) = None
     """Folder whose pictures and videos the page may pick by name."""
+    webrtc: bool = True
+    """Serve the page and WebRTC peers; False: the image API only (`--no-webrtc`)."""
+    api_key: Maybe(Annotated[str, Field(min_length=16)]) = None
+    """Bearer key every image API request must carry (`--api-key`, or STREAMER_API_KEY); at least
+    16 characters. None: no key is asked."""
+    allow_local_urls: bool = False
+    """Let an image API request's `url` name local and private addresses (a trusted network only)."""
+    url_timeout: Annotated[float, Field(ge=0.1, le=300)] = 10.0
+    """Seconds an image API URL fetch may take, redirects included."""

@@ -12,6 +12,7 @@ import socket
 
 from streamer.config import JobConfig, merge_params
 from streamer.errors import ConfigError
+from streamer.live.api import ImageAPI
 from streamer.live.app import LiveServer
 from streamer.live.backgrounds import BackgroundFolder
 from streamer.live.http_guard import Access
@@ -31,6 +32,8 @@ def build_server(
     path fails at once.
     """
     params = params or ServeParams(source=source)
+    if source is not None and not params.webrtc:
+        raise ConfigError("--source is previewed over WebRTC: drop --no-webrtc, or drop --source")
     backgrounds = BackgroundFolder(params.backgrounds) if params.backgrounds else None
     hub = None
     if source is not None:
@@ -60,6 +63,8 @@ def build_server(
         access=Access(frozenset(params.allowed_hosts), params.admin_token),
         max_size=params.max_size or tuple(config.model.size),
         backgrounds=backgrounds,
+        api=ImageAPI(worker, params),
+        webrtc=params.webrtc,
     )
 
 
@@ -84,8 +89,12 @@ def serve(params: ServeParams, config: JobConfig) -> int:
     server = build_server(config, source=params.source, params=params)
     host = f"[{params.host}]" if ":" in params.host else params.host
     url = f"http://{host}:{params.port}"
-    what = f"previewing {params.source}" if params.source else "matting the browser's camera"
-    print(f"streamer: serving {url} ({what}); press Ctrl-C to stop", flush=True)
+    if params.webrtc:
+        what = f"previewing {params.source}" if params.source else "matting the browser's camera"
+        print(f"streamer: serving {url} ({what}); press Ctrl-C to stop", flush=True)
+    key = " (with the API key: Authorization: Bearer KEY)" if params.api_key else ""
+    stop = "" if params.webrtc else "; press Ctrl-C to stop"
+    print(f"streamer: image API at {url}/v1/images/edits and {url}/v1/matte{key}{stop}", flush=True)
     if params.admin_token:
         print(f"streamer: the operator's page (may change the model size): {url}/#admin=<--admin-token>")
     return asyncio.run(_serve_until_signal(server.build(), params))
