@@ -1,4 +1,5 @@
-"""Property-based fuzzing of every `streamer serve` endpoint while a peer is connected.
+"""Property-based fuzzing of every `streamer serve` endpoint while a peer is connected (the
+image API's included).
 
 Whatever a client sends (arbitrary bytes, JSON of the right and wrong shapes, huge and
 non-finite numbers, deep nesting, wrong content types and origins), the answer is never a
@@ -12,6 +13,7 @@ requests into it from the test thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -44,6 +46,7 @@ FUZZ = settings(
 )
 
 ENDPOINTS = ["/offer", "/params", "/background", "/close", "/stats", "/config", "/"]
+ENDPOINTS += ["/v1/images/edits", "/v1/matte", "/v1/models"]
 CONTENT_TYPES = [
     None,
     "application/json",
@@ -99,7 +102,7 @@ class Live:
 
     async def request(self, method: str, path: str, **kwargs) -> tuple[int, str]:
         async with self.http.request(method, self.base + path, **kwargs) as response:
-            return response.status, await response.text()
+            return response.status, await response.text(errors="replace")  # PNGs from the image API
 
     async def frames_keep_coming(self) -> None:
         await asyncio.sleep(0.2)
@@ -410,6 +413,58 @@ def test_uploads_of_any_bytes_and_headers(live):
         whole = real is not None and real[2] in http_guard.IMAGE_FORMATS and not real[3]
         if whole and peer == live.client.peer and content_type != "text/plain":
             assert status == 200  # a whole picture in a format we take, sent as a page sends it
+
+    run()
+    finish(live)
+
+
+API_FIELDS = ["image", "image[]", "url", "image_url", "format", "color", "response_format", "model"]
+API_FIELDS += ["background", "n", "size", "output_format", "stream", "prompt", "mask", "user", "x", ""]
+API_TEXT = ["mask", "cutout", "composite", "b64_json", "png", "url", "1", "2", "auto", "opaque"]
+API_TEXT += ["transparent", "birefnet-lite", "birefnet-portrait", "ZhengPeng7/BiRefNet_lite", "white"]
+API_TEXT += ["#00ff00", "sky", "true"]
+# Only addresses that never leave the machine: private ones are refused before connecting,
+# the others fail to parse or to connect at once.
+API_URLS = ["file:///etc/passwd", "http://127.0.0.1:1/a.png", "http://[::1]/", "http://10.0.0.1/x.png"]
+API_URLS += ["http://localhost/", "https://localhost:1/", "http://169.254.169.254/latest", "http://0.0.0.0/"]
+API_URLS += ["http://[::ffff:10.0.0.1]/", "http://2130706433/", "http://127.1/", "ftp://x/y", "http://"]
+API_URLS += ["//x", "javascript:1", "data:image/png;base64,!!", "data:,abc", "data:"]
+API_URLS += ["data:image/png;base64,iVBORw0KGgo="]
+api_values = st.one_of(
+    st.sampled_from(API_TEXT), st.sampled_from(API_URLS), st.text(max_size=30), json_values
+)
+
+
+def test_the_image_api_with_forms_of_any_shape(live):
+    @settings(FUZZ, max_examples=120)
+    @given(
+        path=st.sampled_from(["/v1/images/edits", "/v1/matte"]),
+        encoding=st.sampled_from(["multipart", "multipart", "json", "raw"]),
+        fields=st.dictionaries(st.sampled_from(API_FIELDS), api_values, max_size=4),
+        real=st.none() | real_pictures,
+        data=st.binary(max_size=256),
+        picture_as=st.sampled_from(["image", "image[]", "mask", "url", None]),
+        headers=headers_st,
+    )
+    def run(path, encoding, fields, real, data, picture_as, headers):
+        body = picture(*real) if real is not None else data
+        headers = {k: v for k, v in headers.items() if k != "Content-Type"}
+        if encoding == "json":
+            value = {k: v for k, v in fields.items()}
+            if picture_as:
+                value[picture_as] = base64.b64encode(body).decode()
+            kwargs = {"data": text_of(value), "headers": {**headers, "Content-Type": "application/json"}}
+        elif encoding == "raw":
+            text = {k: str(v)[:40] for k, v in fields.items() if isinstance(v, str)}
+            kwargs = {"data": body, "params": text, "headers": {**headers, "Content-Type": "image/png"}}
+        else:
+            form = aiohttp.FormData()
+            for key, value in fields.items():
+                form.add_field(key, value if isinstance(value, str) else text_of(value).decode())
+            if picture_as:
+                form.add_field(picture_as, body, filename="p.png", content_type="image/png")
+            kwargs = {"data": form, "headers": headers}
+        check(live, "POST", path, **kwargs)
 
     run()
     finish(live)
