@@ -294,28 +294,46 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="streamer-load-"))
     (work / "backgrounds").mkdir()
     (work / "backgrounds" / "studio.png").write_bytes(png_bytes((40, 90, 200)))
+    report: dict = {}
+    with running_server(
+        [
+            "--mode",
+            "matte",
+            "--max-size",
+            "64",
+            "--admin-token",
+            TOKEN,
+            "--backgrounds",
+            str(work / "backgrounds"),
+        ],
+        args.weights,
+        report,
+        args.report,
+    ) as (base, pid):
+        report.update(asyncio.run(load(base, pid, args.peers, args.duration, args.seed)))
+    return 0
+
+
+@contextlib.contextmanager
+def running_server(options: list[str], weights: str, report: dict, report_path: str, env: dict | None = None):
+    """`streamer serve` (lite weights at 32x32, plus `options`) on a free loopback port: yields its
+    (base URL, pid) once it accepts connections; then stops it with SIGTERM and writes `report`,
+    with the interfaces, the exit code and the log's error lines, to `report_path`."""
     port = free_port()
     command = [sys.executable, "-m", "streamer", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--variant", "lite", "--weights", args.weights, "--size", "32", "--device", "cpu"]
-    command += ["--mode", "matte", "--max-size", "64", "--admin-token", TOKEN]
-    command += ["--backgrounds", str(work / "backgrounds")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log_path = work / "serve.log"
+    command += ["--variant", "lite", "--weights", weights, "--size", "32", "--device", "cpu", *options]
+    log_path = Path(tempfile.mkdtemp(prefix="streamer-serve-log-")) / "serve.log"
     with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    report: dict = {"interfaces": subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout}
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"streamer serve did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        report.update(
-            asyncio.run(load(f"http://127.0.0.1:{port}", server.pid, args.peers, args.duration, args.seed))
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
+    report["interfaces"] = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    try:
+        wait_for_port(port, server, log_path)
+        yield f"http://127.0.0.1:{port}", server.pid
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -326,8 +344,19 @@ def main() -> int:
         log_text = log_path.read_text()
         report["error_lines"] = [line for line in log_text.splitlines() if ERROR_LINE.search(line)][:50]
         report["log_tail"] = log_text[-3000:]
-        Path(args.report).write_text(json.dumps(report, indent=1))
-    return 0
+        Path(report_path).write_text(json.dumps(report, indent=1))
+
+
+def wait_for_port(port: int, server: subprocess.Popen, log_path: Path, timeout: float = 90) -> None:
+    """Returns once `server` accepts connections on `port` (it may load a model first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"streamer serve did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

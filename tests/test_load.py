@@ -34,30 +34,34 @@ def namespace_available() -> bool:
     return probe.returncode == 0
 
 
-def test_eight_peers_churn_for_two_minutes_and_nothing_is_lost(recipe_weights, tmp_path):
+def run_in_namespace(helper: Path, options: list[str], report_path: Path, timeout: float) -> dict:
+    """Runs a load helper (`helper --report PATH options...`) in a network namespace of its own
+    and returns its JSON report (printed, less the log), checking that only loopback was there:
+    no packet can use the machine's interface address."""
     if not namespace_available():
         pytest.skip("needs `unshare -n` (root or user namespaces) and iproute2")
-    duration = float(os.environ.get("STREAMER_LOAD_SECONDS", "120"))
-    report_path = tmp_path / "report.json"
-    helper = [sys.executable, str(HELPER), "--weights", str(recipe_weights("lite"))]
-    helper += ["--report", str(report_path), "--duration", str(duration), "--peers", "8"]
-    env = {**os.environ, "PYTHONPATH": str(HELPER.parents[1])}
+    command = [sys.executable, str(helper), "--report", str(report_path), *options]
     run = subprocess.run(
-        ["unshare", "-n", "bash", "-c", NAMESPACE + shlex.join(helper)],
-        env=env,
+        ["unshare", "-n", "bash", "-c", NAMESPACE + shlex.join(command)],
+        env={**os.environ, "PYTHONPATH": str(helper.parents[1])},
         capture_output=True,
         text=True,
-        timeout=duration + 600,
+        timeout=timeout,
     )
     assert report_path.exists(), f"no report ({run.returncode}): {run.stderr[-3000:]}"
     report = json.loads(report_path.read_text())
     print(json.dumps({k: v for k, v in report.items() if k != "log_tail"}, indent=1))
     assert run.returncode == 0, run.stderr[-3000:]
-
-    # only loopback in there: no packet can use the machine's interface address
     interfaces = {line.split()[1] for line in report["interfaces"].splitlines()}
     assert interfaces == {"lo"}, report["interfaces"]
     assert "10.77.0.1" in report["interfaces"]
+    return report
+
+
+def test_eight_peers_churn_for_two_minutes_and_nothing_is_lost(recipe_weights, tmp_path):
+    duration = float(os.environ.get("STREAMER_LOAD_SECONDS", "120"))
+    options = ["--weights", str(recipe_weights("lite")), "--duration", str(duration), "--peers", "8"]
+    report = run_in_namespace(HELPER, options, tmp_path / "report.json", timeout=duration + 600)
 
     statuses = report["statuses"]
     assert not [s for s in statuses if int(s.rsplit(" ", 1)[1]) >= 500], statuses
