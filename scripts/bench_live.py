@@ -432,11 +432,15 @@ def main() -> None:
     if unknown := set(args.paths) - {"direct", "webrtc"}:
         raise SystemExit(f"bench_live: unknown path {sorted(unknown)[0]!r} (use direct, webrtc or both)")
     fixed_rtp_origin()
+    print_table(run_with_recipe_weights(args.variant, lambda weights: main_async(args, weights)))
+
+
+def run_with_recipe_weights(variant: str, rows) -> list[dict]:
+    """`asyncio.run(rows(weights))` with a file of the variant's recipe weights (removed after)."""
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / f"{args.variant}.safetensors"
-        save_file(make_state_dict(args.variant), str(weights))
-        rows = asyncio.run(main_async(args, weights))
-    print_table(rows)
+        weights = Path(tmp) / f"{variant}.safetensors"
+        save_file(make_state_dict(variant), str(weights))
+        return asyncio.run(rows(weights))
 
 
 if __name__ == "__main__":
