@@ -11,7 +11,6 @@ the wrong request), and takes the figures again once the server is idle. Writes 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import io
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from load_serve import running_server, settle
+from load_serve import helper_parser, running_server, settle
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,9 +87,7 @@ async def load(base: str, pid: int, requests: int, clients: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--report", required=True)
+    parser = helper_parser(__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()

@@ -282,10 +282,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def helper_parser(description: str) -> argparse.ArgumentParser:
+    """The options every load helper takes: the weights file, and where the report goes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--report", required=True)
+    return parser
+
+
+def main() -> int:
+    parser = helper_parser(__doc__)
     parser.add_argument("--duration", type=float, default=120)
     parser.add_argument("--peers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
