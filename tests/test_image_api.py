@@ -27,7 +27,6 @@ from test_webrtc import make_server, serving
 
 from streamer.cli import main
 from streamer.commands.image import FORMATS
-from streamer.live.api import ApiParams
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -226,7 +225,7 @@ def red_matte(picture: bytes) -> np.ndarray:
 async def test_every_way_of_sending_the_picture_gives_the_same_matte():
     picture = picture_bytes()
     b64 = base64.b64encode(picture).decode()
-    async with serving(make_server(api=ApiParams(allow_local_urls=True))) as (http, base):
+    async with serving(make_server(allow_local_urls=True)) as (http, base):
         async with picture_host(picture) as (host, hits):
             ways = {
                 "multipart": {"data": form(picture, format="mask")},
@@ -258,7 +257,7 @@ async def test_every_way_of_sending_the_picture_gives_the_same_matte():
 
 
 async def test_a_url_that_times_out_gets_400():
-    server = make_server(api=ApiParams(allow_local_urls=True, url_timeout=0.3))
+    server = make_server(allow_local_urls=True, url_timeout=0.3)
     async with serving(server) as (http, base), picture_host(picture_bytes(), delay=30) as (host, hits):
         status, body, _ = await post(http, f"{base}/v1/matte", json={"url": f"{host}/pic.png"})
     assert status == 400 and "within 0.3 s" in one_line_error(body.decode())
@@ -289,7 +288,7 @@ async def test_local_and_private_urls_are_refused_before_connecting():
 
 
 async def test_the_api_key_guards_every_endpoint():
-    async with serving(make_server(api=ApiParams(api_key=KEY))) as (http, base):
+    async with serving(make_server(api_key=KEY)) as (http, base):
         for method, path in (("POST", "/v1/matte"), ("POST", "/v1/images/edits"), ("GET", "/v1/models")):
             kwargs = (lambda: {"data": form(picture_bytes())}) if method == "POST" else dict
             for auth in (None, "Bearer wrong-key-0123456789abcdef", f"Basic {KEY}", KEY):
@@ -356,4 +355,4 @@ def test_serve_refuses_a_short_key_and_source_without_webrtc(capsys):
     assert main(["serve", "--no-webrtc", "--source", "clip.mp4"]) != 0
     assert main(["serve", "--api-key", "short"]) != 0
     err = capsys.readouterr().err.splitlines()
-    assert any("--no-webrtc" in line for line in err) and any("--api-key" in line for line in err), err
+    assert any("--no-webrtc" in line for line in err) and any("api_key" in line for line in err), err

@@ -188,7 +188,7 @@ class ImageAPI:
         return fmt, _text(fields, "color", "white")
 
     async def _process(self, form: Form, fmt: str, color: str) -> bytes:
-        compositor = make_compositor(fmt, color, getattr(self.worker.engine, "device", "cpu"), "color")
+        compositor = make_compositor(fmt, color, getattr(self.worker.engine, "device", "cpu"))
         data = await self._picture_bytes(form)
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(self.executor, decode_image, data, "image")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-from streamer.config import Items, Maybe, Params, Size, Whole
+from streamer.config import Items, Maybe, Number, Params, Size, Whole
 
 
 def _host_name(value):
@@ -42,5 +42,5 @@ class ServeParams(Params):
     16 characters. None: no key is asked."""
     allow_local_urls: bool = False
     """Let an image API request's `url` name local and private addresses (a trusted network only)."""
-    url_timeout: Annotated[float, Field(ge=0.1, le=300)] = 10.0
+    url_timeout: Number(0.1, 300) = 10.0
     """Seconds an image API URL fetch may take, redirects included."""
