@@ -520,6 +520,33 @@ async def test_background_upload_switches_that_peer_to_the_picture():
         assert not Path(params.background).exists()
 
 
+@pytest.mark.parametrize("replaced_for", [60.0, 0.0])
+async def test_older_uploads_stay_while_frames_may_read_them(monkeypatch, replaced_for):
+    """The last few uploads always stay; older ones go once replaced for KEPT_UPLOAD_S."""
+    from PIL import Image
+
+    from streamer.live import app as app_module
+
+    monkeypatch.setattr(app_module, "KEPT_UPLOAD_S", replaced_for)
+    server = make_server()
+    async with serving(server) as (http, base):
+        client = Client(http, base)
+        await client.connect()
+        for shade in range(7):
+            png = io.BytesIO()
+            Image.new("RGB", (16, 12), (shade * 30, 0, 0)).save(png, format="PNG")
+            async with http.post(
+                f"{base}/background", params={"peer": client.peer}, data=png.getvalue()
+            ) as r:
+                assert r.status == 200
+        files = sorted(server.uploads.glob(f"{client.peer}.*.png"))
+        newest = Path(server.peers[client.peer].finisher.compositor.params.background)
+        assert newest in files
+        assert len(files) == (7 if replaced_for else app_module.KEPT_UPLOADS)
+        await client.close()
+        assert not list(server.uploads.glob(f"{client.peer}.*.png"))
+
+
 async def test_page_and_script_are_served_locally():
     async with serving(make_server()) as (http, base):
         async with http.get(base + "/") as response:

@@ -26,10 +26,12 @@ up to `--max-size`. Backgrounds come from an upload or by name from the operator
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +69,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 KEPT_UPLOADS = 4
 """Background uploads kept per peer: frames in flight may still read the recent ones."""
+KEPT_UPLOAD_S = 60.0
+"""...and older ones until they have been replaced for this long."""
 
 PARAMS_KEYS = ("peer", "composite", "smoothing", "propagation", "size")
 SHARED_KEYS = ("size",)
@@ -358,11 +362,15 @@ class LiveServer:
             path.unlink(missing_ok=True)
             raise
         if previous and Path(previous).parent == self.uploads:
-            # A frame being composited may still hold an earlier path in its params snapshot, so
-            # the last few uploads stay; older ones go (all of a peer's go when it closes).
+            # A frame being composited may still hold an earlier path in its params snapshot (on
+            # a starved CPU, for a while), so the last few uploads stay, and older ones only once
+            # they have been replaced for a minute; all of a peer's go when it closes.
             kept = sorted(self.uploads.glob(f"{peer.id}.*.png"), key=lambda p: int(p.stem.rsplit(".", 1)[1]))
-            for old in kept[:-KEPT_UPLOADS]:
-                old.unlink(missing_ok=True)
+            replaced_before = time.time() - KEPT_UPLOAD_S
+            for old, newer in zip(kept[:-KEPT_UPLOADS], kept[1:], strict=False):
+                with contextlib.suppress(OSError):
+                    if newer.stat().st_mtime < replaced_before:
+                        old.unlink()
         return web.json_response({"background": list(image.shape)})
 
     async def stats(self, request: web.Request) -> web.Response:
