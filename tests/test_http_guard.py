@@ -148,9 +148,13 @@ async def test_backgrounds_are_picked_by_name_from_the_operator_folder(tmp_path,
             assert status == 200 and reply["composite"]["background"] == "beach.png", reply
         params = server.peers[client.peer].finisher.compositor.params
         assert (params.mode, params.background) == ("image", str(folder / "beach.png"))
-        await asyncio.sleep(0.5)
-        right = (await client.wait_frames(2))[-1][:, -40:].reshape(-1, 3).mean(axis=0)
-        assert right[0] > 200 and right[1] > 200 and right[2] < 60, right
+
+        def yellow_right_half(picture) -> bool:
+            right = picture[:, -40:].reshape(-1, 3).mean(axis=0)
+            return right[0] > 200 and right[1] > 200 and right[2] < 60
+
+        # Waits for the change to land (frames composited before it may still be on their way).
+        await client.shows(yellow_right_half, "the folder's background")
         await client.close()
 
 
