@@ -13,11 +13,12 @@ Metrics (mean absolute values, alpha in 0..1):
 With `--propagated LATENCY...` the smoother is also fed what a live job now gives every camera
 frame: the network's results (arriving LATENCY s late) carried to each frame by
 streamer.propagation. There "raw" is the propagated matte without any temporal smoothing (each
-keyframe taken as it is, `propagation.fuse` 1) and "smoothed" is what a live job delivers with
-both of its temporal smoothers: keyframes averaged where the picture is still (`propagation.fuse`,
-default), then the per-frame smoother. Its rows count resets too (a keyframe gap must not be one).
+keyframe taken as it is: `propagation.fuse` 1, `fuse_median` off) and "smoothed" is what a live
+job delivers with both of its temporal smoothers: keyframes fused where the picture is still (the
+median of the newest two and the matte in use, then averaged: `propagation.fuse`, `fuse_median`,
+defaults), then the per-frame smoother. Its rows count resets too (a keyframe gap must not be one).
 
-    python scripts/eval_temporal.py [--fps 30] [--seconds 8] [--size 320x240] [--strength 0.5]
+    python scripts/eval_temporal.py [--fps 30] [--seconds 8] [--size 320x240] [--strength 0.5] [--seed 0]
     python scripts/eval_temporal.py --propagated 1.0 0.7
 """
 
@@ -57,7 +58,7 @@ def run(
     propagator = plain = network = None
     if keyframe_latency is not None:
         propagator = Propagator(PropagationParams())
-        plain = Propagator(PropagationParams(fuse=1.0))
+        plain = Propagator(PropagationParams(fuse=1.0, fuse_median=False))
         network = SimulatedNetwork(keyframe_latency, fps)
     clocks: list[float] = []
     clock = 0.0  # scene time: advances only while the subject moves
@@ -120,6 +121,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--strength", type=float, default=SmoothingParams().strength)
+    parser.add_argument("--seed", type=int, default=0, help="the scene's and the network's noise")
     parser.add_argument(
         "--propagated",
         type=float,
@@ -133,12 +135,12 @@ def main() -> int:
     torch.set_num_threads(1)
     size = tuple(int(v) for v in args.size.split("x"))
     params = SmoothingParams(strength=args.strength)
-    print(f"size {args.size}, {args.seconds:g} s, strength {args.strength:g}")
+    print(f"size {args.size}, {args.seconds:g} s, strength {args.strength:g}, seed {args.seed}")
     print(f"{'fps':>5} {'raw matte':<22} {'metric':<16} {'raw':>9} {'smoothed':>9} {'change':>8}")
     ok = True
     for fps in args.fps:
         for latency in [None, *args.propagated]:
-            r = run(fps, args.seconds, size, params, keyframe_latency=latency)
+            r = run(fps, args.seconds, size, params, seed=args.seed, keyframe_latency=latency)
             source = "per-frame network" if latency is None else f"propagated, net {latency:g} s"
             for key, label in (("flicker", "flicker"), ("mad", "MAD"), ("edge", "MAD moving edge")):
                 raw, out = r[f"{key}_raw"], r[f"{key}_out"]

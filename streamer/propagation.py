@@ -71,10 +71,15 @@ class PropagationParams(Params):
     """Mean grey-level mismatch (0..1) between two frames, after following the flow, that is a
     cut (motion leaves about 0.002 on a camera picture, a cut 0.05-0.3)."""
     fuse: Number(0, 1) = 0.5
-    """Weight of a new keyframe's matte where the picture has not moved since the last keyframe
-    (1 = take each keyframe as it is). Temporal smoothing at the keyframe rate: the per-frame
+    """Weight of a new keyframe where the picture has not moved since the last keyframe, against
+    the matte in use (1 = no averaging). Temporal smoothing at the keyframe rate: the per-frame
     smoother eases a keyframe's change in but cannot tell its noise from a correction, so a
     still edge would jump by the network's noise at every keyframe (BENCHMARKS.md)."""
+    fuse_median: bool = True
+    """Where the picture is still, a new keyframe first becomes the median of three network
+    results, itself and the two before it: an error in one result alone (a blob, a speck) is
+    dropped instead of halved, and a real change shows from the second keyframe that has it on.
+    Off (with `fuse` 1) = each keyframe as it is."""
     fuse_motion: Number(1e-3, 1000) = 2.0
     """Motion since the last keyframe, in small-image pixels, at which the new keyframe is taken
     as it is (the carried matte may have drifted there; linear below)."""
@@ -227,6 +232,12 @@ class _Anchor:
     frame_id: int
     grey: np.ndarray
     matte: np.ndarray
+    raw: np.ndarray
+    """The keyframe's network matte as it came: a vote in the next keyframe's median."""
+    prior: np.ndarray | None = None
+    """The network matte before it, carried to this frame: the median's third vote."""
+    prior_trust: np.ndarray | None = None
+    """Where `prior` may be used (0 where the picture moved between the two keyframes)."""
 
 
 class Propagator:
@@ -350,11 +361,12 @@ class Propagator:
             return  # older than the result already in use
         # The current matte may only stand in for unreliable flow if it shows the current scene.
         in_scene = self._source is not None and (self._cut is None or self._source >= self._cut)
+        params = self.params
         self.keyframes += 1
         self._source = frame_id
         self._latest = alpha
         self.last_carry = self._newest - frame_id
-        if not self.params.enabled or not self._history:
+        if not params.enabled or not self._history:
             self._matte = None
             return
         newest = self._history[-1]
@@ -366,11 +378,12 @@ class Propagator:
             return
         stored = self._stored(frame_id)
         guess = None if stored is newest else self._initial_flow(stored, newest)
-        if in_scene and self._matte is not None and self.params.fuse < 1.0:
-            small = self._fuse(small, stored, newest, guess)
-        self._anchor = _Anchor(stored.frame_id, stored.grey, small)
+        anchor = _Anchor(stored.frame_id, stored.grey, small, small)
+        if in_scene and self._matte is not None and (params.fuse < 1.0 or params.fuse_median):
+            small = anchor.matte = self._fuse(anchor, stored, newest)
+        self._anchor = anchor
         if stored is newest:
-            self._matte = small  # the network kept up: its result as it is
+            self._matte = small  # the network kept up: nothing to carry
             self._flow = np.zeros((*small.shape, 2), np.float32)
             newest.anchor, newest.flow = frame_id, _coarse(self._flow)
             return
@@ -383,28 +396,42 @@ class Propagator:
         carried = _remap(small, positions)
         self._matte = self._blend(carried, mismatch, newest.grey, stored.grey, back, fallback)
 
-    def _fuse(self, new: np.ndarray, stored: _Seen, newest: _Seen, guess: np.ndarray | None) -> np.ndarray:
-        """A keyframe's matte (on `stored`'s pixels) averaged with the current one carried back
-        to it, where the picture has not moved since the last keyframe and that carry is trusted:
-        there the two differ only by the network's noise, so the average is the better matte.
-        Where the picture moved, or the flow back is not trusted, the new matte is taken."""
-        params = self.params
-        h, w = new.shape
-        if stored is newest:
-            previous, trust = self._matte, None
-        else:
-            forward = dense_flow(stored.grey, newest.grey, self._dis, init=None if guess is None else -guess)
-            positions = sample_map(forward)
-            previous = _remap(self._matte, positions)
-            trust = photometric(_residual(stored.grey, newest.grey, positions), params)
-        if stored.flow is None or self._anchor is None or stored.anchor != self._anchor.frame_id:
-            return new  # how far the picture moved since the last keyframe is not known
-        moved = fit_flow(stored.flow, h, w)
-        weight = np.sqrt((moved**2).sum(axis=2)) * np.float32(1.0 / params.fuse_motion)
-        np.clip(weight, params.fuse, 1.0, out=weight)
-        if trust is not None:
-            np.maximum(weight, 1.0 - trust, out=weight)
-        return previous + weight * (new - previous)
+    def _fuse(self, new: _Anchor, stored: _Seen, newest: _Seen) -> np.ndarray:
+        """A keyframe's matte (on `stored`'s pixels) fused with what was shown on that frame (the
+        last keyframe carried to it), where the picture has not moved between the two keyframes'
+        frames and that carry is trusted: there they differ only by the network's noise. Where
+        the picture moved, or the carry is not trusted, the new matte is taken.
+
+        The partner is the matte *of the keyframe's frame*, not the matte in use carried back to
+        it: the matte in use may have been carried over motion since, and its drift would be
+        carried back into a still picture's keyframe. The median's votes are network results
+        only (this one and the two before it): a fused matte is no independent vote."""
+        params, anchor = self.params, self._anchor
+        h, w = new.raw.shape
+        if stored.flow is None or anchor is None or stored.anchor != anchor.frame_id:
+            return new.raw  # how far the picture moved since the last keyframe is not known
+        # Where the picture barely moved the kept coarse flow is as good as a fresh one; elsewhere
+        # the new matte is taken anyway.
+        to_anchor = self._flow if stored is newest and self._flow is not None else fit_flow(stored.flow, h, w)
+        positions = sample_map(to_anchor)
+        take = np.sqrt((to_anchor**2).sum(axis=2)) * np.float32(1.0 / params.fuse_motion)
+        np.clip(take, 0.0, 1.0, out=take)
+        trust = photometric(_residual(stored.grey, anchor.grey, positions), params)
+        np.maximum(take, 1.0 - trust, out=take)
+        still = new.raw
+        if params.fuse_median:
+            before = _remap(anchor.raw, positions)
+            # Where there is no third vote (the second keyframe, or the picture moved before the
+            # last one) the new result takes its place: then only the average below remains.
+            third = new.raw
+            if anchor.prior is not None:
+                ok = _remap(anchor.prior_trust, positions)
+                third = third + ok * (_remap(anchor.prior, positions) - third)
+            still = np.maximum(np.minimum(new.raw, before), np.minimum(np.maximum(new.raw, before), third))
+            new.prior, new.prior_trust = before, 1.0 - take
+        previous = _remap(anchor.matte, positions)
+        still = previous + np.float32(params.fuse) * (still - previous)
+        return still + take * (new.raw - still)
 
     def _initial_flow(self, older: _Seen, newest: _Seen) -> np.ndarray | None:
         """A guess of the flow newest -> older from both frames' flows to the same old anchor
