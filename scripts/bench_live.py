@@ -9,7 +9,8 @@ Two paths, each at every frame size, model size and keyframe interval asked for:
   that sends the synthetic camera (VP8) over loopback and receives the composited video back;
   `fps` = frames received back per second; latency = handed to the client's sender -> the last
   RTP packet of that frame back at the client (the server copies each frame's pts onto its
-  output; aiortc's random RTP timestamp origin is fixed at 0 so the pts come back unchanged).
+  output; aiortc's random RTP timestamp origin is fixed at 0 so the pts come back as sent, give or
+  take the tick aiortc's stock encoder loses rounding them: a frame is found by its number).
 
 Each row: delivered fps against the camera's, the share of delivered frames whose matte was
 carried by flow (`propagated`), the keyframe rate and the network's mean time a pass, latency
@@ -36,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -92,7 +94,12 @@ def synthetic_frames(size: tuple[int, int], count: int = 30, grain: float = 0.0)
 
 
 class StampedTrack(VideoStreamTrack):
-    """The synthetic camera as a WebRTC track; remembers when each pts was handed over."""
+    """The synthetic camera as a WebRTC track; remembers when each frame was handed over.
+
+    Frame n has pts n x `step` (1/90000 s ticks). aiortc's stock encoder (this client's, as in
+    the field) rebases a frame's pts to its codec's time base and back, which rounds a third of
+    them down by one tick, and the server sends back the pts it received: so a returned frame is
+    found by its number, `number(pts)`, not by its exact pts."""
 
     def __init__(self, size, fps: float, sent_at: dict[int, float], grain: float) -> None:
         super().__init__()
@@ -103,6 +110,7 @@ class StampedTrack(VideoStreamTrack):
             for p in synthetic_frames(size, grain=grain)
         ]
         self.fps = fps
+        self.step = round(1 / (fps * CLOCK))
         self.sent_at = sent_at
         self.n = 0
         self.start: float | None = None
@@ -113,24 +121,27 @@ class StampedTrack(VideoStreamTrack):
         due = self.start + self.n / self.fps
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         frame = VideoFrame.from_ndarray(self.pictures[self.n % len(self.pictures)], format="yuv420p")
-        frame.pts, frame.time_base = self.n * 3000, CLOCK
-        self.sent_at[frame.pts] = time.monotonic()
+        frame.pts, frame.time_base = self.n * self.step, CLOCK
+        self.sent_at[self.n] = time.monotonic()
         self.n += 1
         return frame
 
+    def number(self, pts: int) -> int:
+        return round(pts / self.step)
 
-def arrival_times(receiver) -> dict[int, float]:
-    """RTP timestamp -> when the last packet (marker bit) of that frame reached `receiver`."""
-    arrivals: dict[int, float] = {}
+
+def on_frame_back(receiver, arrived: Callable[[int, float], None]) -> None:
+    """Call `arrived(rtp_timestamp, now)` when the last packet (marker bit) of a frame reaches
+    `receiver`: the moment the frame is back, before this client's own jitter buffer and decoder
+    (aiortc's, the stand-in for a browser's: it sometimes holds every frame ~0.3 s there)."""
     handle = receiver._handle_rtp_packet
 
     async def handle_rtp_packet(packet, arrival_time_ms):
         if packet.marker:
-            arrivals[packet.timestamp] = time.monotonic()
+            arrived(packet.timestamp, time.monotonic())
         await handle(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = handle_rtp_packet
-    return arrivals
 
 
 def steady_rate(sender) -> None:
@@ -316,7 +327,12 @@ async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[floa
     track = StampedTrack(case.size, args.fps, sent_at, args.grain)
     transceiver = pc.addTransceiver(track, direction="sendrecv")
     steady_rate(transceiver.sender)
-    arrivals = arrival_times(transceiver.receiver)
+
+    def arrived(timestamp: int, now: float) -> None:
+        if (sent := sent_at.pop(track.number(timestamp), None)) is not None:
+            latencies.append(now - sent)
+
+    on_frame_back(transceiver.receiver, arrived)
     received = 0
 
     first: list[tuple[float, int]] = []
@@ -325,12 +341,10 @@ async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[floa
         nonlocal received
         with contextlib.suppress(MediaStreamError):
             while True:
-                frame = await remote.recv()
+                await remote.recv()
                 if not first:
                     first.append((time.monotonic(), track.n))
                 received += 1
-                if (sent := sent_at.pop(frame.pts, None)) is not None:
-                    latencies.append(arrivals.pop(frame.pts, time.monotonic()) - sent)
 
     readers = []
     pc.on("track", lambda remote: readers.append(asyncio.ensure_future(receive(remote))))
