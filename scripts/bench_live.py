@@ -12,8 +12,9 @@ Two paths, each at every frame size, model size and keyframe interval asked for:
   output; aiortc's random RTP timestamp origin is fixed at 0 so the pts come back as sent, give or
   take the tick aiortc's stock encoder loses rounding them: a frame is found by its number).
 
-Each row: delivered fps against the camera's, the share of delivered frames whose matte was
-carried by flow (`propagated`), the keyframe rate and the network's mean time a pass, latency
+Each row: delivered fps against the camera's, the share of delivered frames with a matte whose
+matte was carried by flow (`propagated`; the frames before the first network result go out with
+none: `unmatted`), the keyframe rate and the network's mean time a pass, latency
 p50/p95 and its drift (median of the last third minus the first), the live core's time per frame
 (propagation, smoothing, compositing), frames dropped anywhere, the largest queue depths seen
 (pipeline queues / the stream's backlog: bounds 1 and 2), and the load average. Weights: the
@@ -272,7 +273,9 @@ def common(case: Case, duration: float, fps: float, delivered: int, lat: list[fl
         "s": round(duration),
         "cam_fps": fps,
         "fps": round(delivered / duration, 2),
-        "propagated": f"{core.propagated / max(1, core.delivered):.1%}",
+        # Of the frames with a matte: the first frames, before the first result, go out without.
+        "propagated": f"{core.propagated / max(1, core.delivered - core.unmatted):.1%}",
+        "unmatted": core.unmatted,
         "key_hz": round(core.keyframes / duration, 2),
         "infer_ms": ms(worker.mean_infer_s),
         "lat_p50": ms(percentile(lat, 50)),

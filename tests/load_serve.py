@@ -131,9 +131,9 @@ async def churn(http, base, tally, rng: random.Random, until: float, index: int,
         try:
             if await peer.connect():
                 cycles += 1
-                # A new peer's first frame waits for its first keyframe, which on a loaded CPU can
-                # take many seconds (the network runs at a lower priority than everything else):
-                # a stall is a peer that gets nothing before the run is over.
+                # A new peer's first frames go out before its first keyframe (with no matte), but
+                # on a loaded CPU its first connection can still take a while: a stall is a peer
+                # that gets nothing before the run is over.
                 patience = until - time.monotonic() + 60
                 if not await peer.wait_frames(1, timeout=patience):
                     stalls.append(f"churn peer {index} cycle {cycles}: no frame in {patience:.0f} s")

@@ -124,19 +124,21 @@ def ids(frames: list[Frame]) -> list[int]:
 def test_every_frame_goes_out_in_order_while_the_network_is_busy():
     slot, props = StandInSlot(), []
     core = make_core(slot, props)
-    assert core.on_frame(frame(0)) == []  # no matte before the first keyframe
+    out = core.on_frame(frame(0))
     assert slot.puts == [0]
     first = slot.take()
-    out = []
     for i in range(1, 10):  # the network is busy with frame 0 meanwhile
         out += core.on_frame(frame(i))
-    assert out == [] and core.stats.unmatted == 9
+    # Before the first result there is no matte: the frames go out at once, with none.
+    assert ids(out) == list(range(10)) and core.stats.unmatted == 10
+    assert not any(f.meta["propagated"] for f in out) and all(f.output.max() == 0 for f in out)
     out += core.on_result(slot.result(first, alpha(0.25)))
     for i in range(10, 40):
         out += core.on_frame(frame(i))
-    assert ids(out) == list(range(10, 40))  # every frame from the first result on, in order
-    assert all(f.meta["propagated"] for f in out)
+    assert ids(out) == list(range(40))  # every frame, in order
+    assert all(f.meta["propagated"] for f in out[10:])
     assert np.allclose(out[-1].output.numpy(), round(0.25 * 255))
+    assert core.stats.delivered == 40 and core.stats.propagated == 30
     steps = [i for kind, i in props[0].calls if kind == "step"]
     assert steps == list(range(40))
     # The network took frame 0; the result for it was handed over after frame 9 was stepped.
@@ -197,10 +199,12 @@ def test_without_propagation_only_the_networks_frames_go_out():
     assert out == [] and slot.puts == list(range(5)) and props == []
     out += core.on_result(slot.result(slot.take(), alpha(0.5)))
     assert ids(out) == [4] and not out[0].meta["propagated"]
-    # Turned on while running: a fresh propagator starts from the next frame.
+    # Turned on while running: a fresh propagator starts from the next frame, and until its first
+    # result the frames keep the last matte shown (not none: the subject must not blink out).
     core.settings.params = PropagationParams(enabled=True)
-    core.on_frame(frame(5))
+    out = core.on_frame(frame(5))
     assert props[0].calls == [("step", 5)]
+    assert ids(out) == [5] and np.allclose(out[0].output.numpy(), round(0.5 * 255))
 
 
 def test_rates_use_the_injected_clock():

@@ -7,7 +7,7 @@ shared by every stream) runs whenever it is free on the newest frame offered to 
 Every frame gets a matte carried by optical flow from the newest keyframe result
 (`streamer.propagation.Propagator`); a result, which comes back late, is carried forward over the
 frames that passed meanwhile before it replaces the matte. The per-frame path never waits for
-the network.
+the network: frames before the stream's first result go out with no matte (the background alone).
 
 When the network keeps up with the camera (a GPU), a keyframe is held until its own result is
 back (never past the next frame's arrival), so every frame is matted by the network itself, as
@@ -64,7 +64,8 @@ class CoreStats:
     """Frames delivered with a matte carried by flow (the others got the network's own)."""
     keyframes: int = 0
     unmatted: int = 0
-    """Frames let go before the first network result: there was no matte to give them."""
+    """Frames delivered before their stream had any matte (before the first network result):
+    with the last matte shown, or with none (the background only)."""
 
     def __post_init__(self) -> None:
         self.delivered_rate = RateMeter()
@@ -107,6 +108,8 @@ class LiveCore:
         self._pending: tuple[Frame, np.ndarray | None] | None = None
         self._interval: float | None = None
         self._last_time: float | None = None
+        self._shown: torch.Tensor | None = None
+        """The matte of the last frame delivered (smoothed, on the compositor's device)."""
         self.stats = CoreStats()
 
     # -- the two entry points -------------------------------------------------------------------
@@ -128,8 +131,10 @@ class LiveCore:
             if keyframe:
                 self._offer(frame)  # first, so a GPU starts while the flow is computed
             alpha = propagator.step(frame_id, np.ascontiguousarray(frame.image.numpy()))
-            if alpha is None or (keyframe and self._network_keeps_up()):
-                self._pending = (frame, alpha)
+            if keyframe and self._network_keeps_up():
+                self._pending = (frame, alpha)  # its own result is back before the next frame
+            elif alpha is None:
+                out.append(self._without_matte(frame))
             else:
                 out.append(self._finish(frame, alpha, propagated=True))
         seconds = self._clock() - started
@@ -199,9 +204,24 @@ class LiveCore:
             return []
         frame, alpha = pending
         if alpha is None:
-            self.stats.unmatted += 1
-            return []
+            return [self._without_matte(frame)]
         return [self._finish(frame, alpha, propagated=True)]
+
+    def _without_matte(self, frame: Frame) -> Frame:
+        """A frame that came before its stream had a matte still goes out at once (the camera's
+        rate does not wait for the network's first pass, which a starved CPU may take seconds
+        over): with the last matte shown (propagation was just switched back on), or else with
+        none, the background alone. Never the picture unmatted: that would show the room the
+        user is replacing."""
+        self.stats.unmatted += 1
+        shown = self._shown
+        if shown is not None and tuple(shown.shape[-2:]) == tuple(frame.image.shape[:2]):
+            return self._finish(frame, shown, propagated=False)
+        # Not through the smoother: it would ease the first real matte in from this empty one.
+        compositor = self.finisher.compositor
+        frame.alpha = torch.zeros(frame.image.shape[:2], dtype=torch.float32, device=compositor.device)
+        frame.output = compositor(frame.image, frame.alpha, frame.time)
+        return self._deliver(frame, propagated=False)
 
     def _finish(self, frame: Frame, alpha, *, propagated: bool) -> Frame:
         if isinstance(alpha, np.ndarray):
@@ -210,6 +230,10 @@ class LiveCore:
         # starts over whenever the device changes.
         alpha = alpha.to(self.finisher.compositor.device, non_blocking=True)
         self.finisher(frame, alpha)
+        self._shown = frame.alpha
+        return self._deliver(frame, propagated=propagated)
+
+    def _deliver(self, frame: Frame, *, propagated: bool) -> Frame:
         frame.meta["propagated"] = propagated
         if self._present is not None:
             frame.meta["presented"] = self._present(frame)
