@@ -72,9 +72,10 @@ class PropagationParams(Params):
     cut (motion leaves about 0.002 on a camera picture, a cut 0.05-0.3)."""
     fuse: Number(0, 1) = 0.5
     """Weight of a new keyframe where the picture has not moved since the last keyframe, against
-    the matte in use (1 = no averaging). Temporal smoothing at the keyframe rate: the per-frame
-    smoother eases a keyframe's change in but cannot tell its noise from a correction, so a
-    still edge would jump by the network's noise at every keyframe (BENCHMARKS.md)."""
+    the matte shown on the keyframe's own frame (1 = no averaging). Temporal smoothing at the
+    keyframe rate: the per-frame smoother eases a keyframe's change in but cannot tell its noise
+    from a correction, so a still edge would jump by the network's noise at every keyframe
+    (BENCHMARKS.md)."""
     fuse_median: bool = True
     """Where the picture is still, a new keyframe first becomes the median of three network
     results, itself and the two before it: an error in one result alone (a blob, a speck) is
