@@ -10,13 +10,12 @@ Metrics (mean absolute values, alpha in 0..1):
   MAD             |a - truth| over all pixels
   MAD moving edge |a - truth| on soft-edge pixels whose ground truth changed
 
-With `--propagated LATENCY...` the smoother is also fed what a live job now gives every camera
-frame: the network's results (arriving LATENCY s late) carried to each frame by
-streamer.propagation. There "raw" is the propagated matte without any temporal smoothing (each
-keyframe taken as it is: `propagation.fuse` 1, `fuse_median` off) and "smoothed" is what a live
-job delivers with both of its temporal smoothers: keyframes fused where the picture is still (the
-median of the newest two and the matte in use, then averaged: `propagation.fuse`, `fuse_median`,
-defaults), then the per-frame smoother. Its rows count resets too (a keyframe gap must not be one).
+Propagated rows also split the flicker by frame (each part's share of the overall mean, so the
+parts add up): frames of a still subject, frames where a keyframe arrives while it moves, and the
+other frames while it moves, where the matte is the last keyframe's carried by flow ("carried").
+A smoother that must follow motion at once (moving-edge MAD may not get worse) passes the carried
+part through where the picture moves, so "bound" is the flicker change it would reach if the two
+other parts fell to nothing and the carried part stayed as it is.
 
     python scripts/eval_temporal.py [--fps 30] [--seconds 8] [--size 320x240] [--strength 0.5] [--seed 0]
     python scripts/eval_temporal.py --propagated 1.0 0.7
@@ -37,6 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamer.propagation import PropagationParams, Propagator  # noqa: E402
 from streamer.smoothing import SmoothingParams, TemporalSmoother  # noqa: E402
 from streamer.synthetic import Scene, SimulatedNetwork, motion_schedule  # noqa: E402
+
+FLICKER_PARTS = ("flicker_still", "flicker_keyframe", "flicker_carried")
+"""Flicker on frames of a still subject, on keyframe arrivals while it moves, and on the other
+frames while it moves (the last keyframe's matte carried by flow)."""
 
 
 def run(
@@ -62,7 +65,8 @@ def run(
         network = SimulatedNetwork(keyframe_latency, fps)
     clocks: list[float] = []
     clock = 0.0  # scene time: advances only while the subject moves
-    sums = {k: 0.0 for k in ("flicker_raw", "flicker_out", "mad_raw", "mad_out", "edge_raw", "edge_out")}
+    keys = ("flicker", "mad", "edge", *FLICKER_PARTS)
+    sums = {f"{k}_{m}": 0.0 for k in keys for m in ("raw", "out")}
     counts = {"flicker": 0, "mad": 0, "edge": 0}
     prev = None
     elapsed = 0.0
@@ -76,10 +80,12 @@ def run(
         clocks.append(clock)
         truth = scene.truth(clock)
         image = scene.image(truth, clock)
+        arrived = False  # a keyframe result arrives on this frame
         if propagator is None:
             raw = scene.network(clock)
         else:
             start = network.arrived(i)
+            arrived = start is not None
             if start is not None:
                 result = scene.network(clocks[start]).numpy()
                 propagator.keyframe(start, result)
@@ -99,8 +105,11 @@ def run(
         if prev is not None:
             p_truth, p_raw, p_out = prev
             still = truth == p_truth
-            sums["flicker_raw"] += float((raw - p_raw).abs()[still].sum())
-            sums["flicker_out"] += float((out - p_out).abs()[still].sum())
+            part = "flicker_" + ("still" if not moving else "keyframe" if arrived else "carried")
+            for name, now, before in (("raw", raw, p_raw), ("out", out, p_out)):
+                flicker = float((now - before).abs()[still].sum())
+                sums[f"flicker_{name}"] += flicker
+                sums[f"{part}_{name}"] += flicker
             counts["flicker"] += int(still.sum())
             soft = F.max_pool2d(((truth > 0) & (truth < 1)).float()[None, None], 5, 1, 2)[0, 0] > 0
             edge = soft & ~still
@@ -147,6 +156,15 @@ def main() -> int:
                 print(
                     f"{fps:>5g} {source:<22} {label:<16} {raw:>9.5f} {out:>9.5f} {(out - raw) / raw:>+8.1%}"
                 )
+            if latency is not None:
+                for key in FLICKER_PARTS:
+                    raw, out = r[f"{key}_raw"], r[f"{key}_out"]
+                    label = key.replace("_", ", ")
+                    print(
+                        f"{fps:>5g} {source:<22} {label:<16} {raw:>9.5f} {out:>9.5f} {(out - raw) / raw:>+8.1%}"
+                    )
+                bound = r["flicker_carried_out"] / r["flicker_raw"] - 1
+                print(f"{fps:>5g} {source:<22} {'flicker bound':<16} {'':>9} {'':>9} {bound:>+8.1%}")
             extra = f"   resets {r['resets']}"
             if latency is not None:
                 extra += f", keyframes {r['keyframes']} ({r['keyframes'] / args.seconds:.2f}/s)"
