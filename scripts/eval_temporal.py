@@ -10,6 +10,14 @@ Metrics (mean absolute values, alpha in 0..1):
   MAD             |a - truth| over all pixels
   MAD moving edge |a - truth| on soft-edge pixels whose ground truth changed
 
+With `--propagated LATENCY...` the smoother is also fed what a live job now gives every camera
+frame: the network's results (arriving LATENCY s late) carried to each frame by
+streamer.propagation. There "raw" is the propagated matte without any temporal smoothing (each
+keyframe taken as it is: `propagation.fuse` 1, `fuse_median` off) and "smoothed" is what a live
+job delivers with both of its temporal smoothers: keyframes fused where the picture is still (the
+median of the newest three network results, then averaged with the matte shown on the keyframe's
+frame: `propagation.fuse`, `fuse_median`, defaults), then the per-frame smoother. Its rows count resets too (a keyframe gap must not be one).
+
 Propagated rows also split the flicker by frame (each part's share of the overall mean, so the
 parts add up): frames of a still subject, frames where a keyframe arrives while it moves, and the
 other frames while it moves, where the matte is the last keyframe's carried by flow ("carried").
@@ -86,7 +94,7 @@ def run(
         else:
             start = network.arrived(i)
             arrived = start is not None
-            if start is not None:
+            if arrived:
                 result = scene.network(clocks[start]).numpy()
                 propagator.keyframe(start, result)
                 plain.keyframe(start, result)
