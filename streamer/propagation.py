@@ -14,9 +14,10 @@ Flow convention (OpenCV's): `dense_flow(a, b)` is defined on `a`'s pixels and po
 pixel went in `b`, so `a(x) ~ b(x + flow(x))`. To carry a matte from frame B to frame A, compute
 the flow from A to B (on A's pixels) and `warp` B's matte by it: `A_matte(x) = B_matte(x + flow(x))`.
 
-Where flow is unreliable (the anchor's grey image, warped by the flow, does not look like this
-frame's: occlusions, flow that failed), the last matte is kept at that pixel instead, with a soft
-weight so nothing tears; a keyframe's result then fades in as the flow becomes trusted again.
+Where flow is unreliable (the anchor's grey image, warped by the flow and brought to this frame's
+overall exposure, does not look like this frame's: occlusions, flow that failed), the last matte
+is kept at that pixel instead, with a soft weight so nothing tears; a keyframe's result then fades
+in as the flow becomes trusted again.
 `forward_backward` adds the classic forward-backward check at one more DIS per flow (off: on
 scripts/eval_live.py it cost moving-edge accuracy, as it also rejects the good flow along
 moving edges).
@@ -68,8 +69,9 @@ class PropagationParams(Params):
     fb_relative: Number(0, 10) = 0.05
     """...plus this share of the motion's length (fast motion is less precise)."""
     scene_cut: Number(0, 1) = 0.06
-    """Mean grey-level mismatch (0..1) between two frames, after following the flow, that is a
-    cut (motion leaves about 0.002 on a camera picture, a cut 0.05-0.3)."""
+    """Mean grey-level mismatch (0..1) between two frames, after following the flow and matching
+    their overall exposure, that is a cut (motion leaves about 0.002 on a camera picture, a cut
+    0.05-0.3; a change of exposure alone is no cut)."""
     fuse: Number(0, 1) = 0.5
     """Weight of a new keyframe where the picture has not moved since the last keyframe, against
     the matte shown on the keyframe's own frame (1 = no averaging). Temporal smoothing at the
@@ -186,8 +188,29 @@ def residual(target: np.ndarray, source: np.ndarray, flow: np.ndarray) -> np.nda
 def _residual(target: np.ndarray, source: np.ndarray, positions: np.ndarray) -> np.ndarray:
     # uint8 throughout (OpenCV's fast paths); a 3x3 box filter, so that one noisy pixel is not an
     # occlusion but a patch that does not match is.
-    out = cv2.blur(cv2.absdiff(_remap(source, positions), target), (3, 3))
+    warped = _remap(source, positions)
+    gain = exposure_gain(target, warped)
+    if gain != 1.0:
+        warped = cv2.convertScaleAbs(warped, alpha=gain)
+    out = cv2.blur(cv2.absdiff(warped, target), (3, 3))
     return out.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def exposure_gain(target: np.ndarray, source: np.ndarray) -> float:
+    """How much brighter `target` is than `source` (uint8 grey images of the same pixels) as a
+    whole: the median ratio over a sample of the pixels well exposed in both, within 0.5..2.
+
+    A webcam's auto exposure, or a lamp switched on, scales the whole picture: the flow still
+    holds, and without this the residual would take it for a mismatch everywhere (a false cut,
+    the matte frozen). The median ignores what moved or was hidden in between. 1 when within 2%
+    (sensor noise) or when too few pixels are usable."""
+    t = target[::4, ::4].astype(np.float32)
+    s = source[::4, ::4].astype(np.float32)
+    usable = (t > 16) & (t < 240) & (s > 16) & (s < 240)
+    if np.count_nonzero(usable) < 64:
+        return 1.0
+    gain = min(max(float(np.median(t[usable] / s[usable])), 0.5), 2.0)
+    return 1.0 if abs(gain - 1.0) < 0.02 else gain
 
 
 def photometric(mismatch: np.ndarray, params: PropagationParams) -> np.ndarray:

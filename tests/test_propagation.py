@@ -18,6 +18,7 @@ from streamer.propagation import (
     Propagator,
     consistency,
     dense_flow,
+    exposure_gain,
     small_grey,
     warp,
 )
@@ -147,6 +148,14 @@ def test_pure_functions():
     f = np.full((H, W, 2), (3.0, 1.0), np.float32)
     assert consistency(f, -f).min() == pytest.approx(1.0)
     assert consistency(f, f).max() == pytest.approx(0.0)
+    # Exposure: the whole picture's gain, even with a third of it changed; noise is no gain.
+    grey = small_grey(tex, 320)
+    brighter = np.clip(grey.astype(np.float32) * 1.3, 0, 255).astype(np.uint8)
+    brighter[:, : W // 3] = 255 - brighter[:, : W // 3]
+    assert exposure_gain(brighter, grey) == pytest.approx(1.3, abs=0.03)
+    noise = np.random.default_rng(0).normal(0, 2, grey.shape)
+    assert exposure_gain(np.clip(grey + noise, 0, 255).astype(np.uint8), grey) == 1.0
+    assert exposure_gain(np.zeros_like(grey), grey) == 1.0  # nothing usable
 
 
 def test_params_are_a_config_section():
@@ -220,6 +229,34 @@ def test_scene_cut_takes_the_new_keyframe_as_it_comes():
         if i == 9:
             last = out
     assert np.array_equal(out, last)
+
+
+@pytest.mark.parametrize("gains", ["ramp", "step", "darker"])
+def test_a_change_of_exposure_is_followed_not_taken_for_a_cut(gains):
+    """A webcam's auto exposure (or a lamp switched on) scales the whole picture: the flow still
+    holds, so the matte must go on following the subject, not freeze as at a cut."""
+    gain = {
+        "ramp": lambda i: 1.0 + 0.3 * min(i, 20) / 20,  # 30% brighter over 20 frames
+        "step": lambda i: 1.0 if i < 8 else 1.4,  # one jump
+        "darker": lambda i: 1.0 - 0.35 * min(i, 10) / 10,
+    }[gains]
+
+    def frames(exposure):
+        scene = Scene(seed=6)
+        out = []
+        for i in range(30):
+            image, truth = scene.frame(translation(i, speed=2.0))
+            out.append((np.clip(image.astype(np.float32) * exposure(i), 0, 255).astype(np.uint8), truth))
+        return out
+
+    # One keyframe before the change, arriving late; the next only near the end.
+    keyframes = {6: 0, 26: 20}
+    prop, results = run(frames(gain), keyframes)
+    _, steady = run(frames(lambda i: 1.0), keyframes)
+    assert prop.cuts == 0
+    assert_better(results, 0.65)
+    # About as close to the truth as under a steady exposure (a frozen matte: 1.5x).
+    assert np.mean([mad(m, t) for m, _, t in results]) < 1.2 * np.mean([mad(m, t) for m, _, t in steady])
 
 
 def test_newest_keyframe_is_used_as_is_and_off_means_the_newest_result():
