@@ -20,6 +20,7 @@ overall MAD not worse, worst frame not worse. A PNG per timing plots each frame'
     python scripts/eval_live.py --measure           # time the real lite 256^2 torch forward first
     python scripts/eval_live.py --plots docs        # where the PNGs go
     python scripts/eval_live.py --set flow_finest_scale=1   # any propagation setting
+    python scripts/eval_live.py --exposure 1.3      # the camera's brightness swinging (auto exposure)
 """
 
 from __future__ import annotations
@@ -116,10 +117,23 @@ def moving_edge(truth: np.ndarray, before: np.ndarray | None) -> np.ndarray:
     return soft & (truth != before)
 
 
+def exposure_gain(t: float, swing: float, period: float = 8.0) -> float:
+    """The camera's exposure at `t` s: 1 at the start, `swing` half a period later, back at 1 after
+    a period (linear: auto exposure hunting, or the light changing)."""
+    phase = (t / period) % 1.0
+    return 1.0 + (swing - 1.0) * (1.0 - abs(2.0 * phase - 1.0))
+
+
 def evaluate(
-    timings: list[Timing], seconds: float, size: tuple[int, int], params: PropagationParams, seed: int = 0
+    timings: list[Timing],
+    seconds: float,
+    size: tuple[int, int],
+    params: PropagationParams,
+    seed: int = 0,
+    exposure: float = 1.0,
 ) -> list[Run]:
-    """All timings sharing one camera frame rate see the same frames, generated once."""
+    """All timings sharing one camera frame rate see the same frames, generated once. `exposure`
+    (1 = steady) swings the camera picture's brightness (not the truth, nor the network's view)."""
     w, h = size
     runs = []
     for fps in sorted({t.fps for t in timings}):
@@ -140,6 +154,8 @@ def evaluate(
             clocks.append(clock)
             truth_t = scene.truth(clock)
             image = scene.image(truth_t, clock).numpy()
+            if exposure != 1.0:
+                image = np.clip(image * np.float32(exposure_gain(t, exposure)), 0, 255).astype(np.uint8)
             truth = truth_t.numpy()
             edge = moving_edge(truth, before)
             for run in group:
@@ -221,6 +237,13 @@ def main() -> int:
     parser.add_argument("--measure", action="store_true", help="time the real lite 256^2 torch forward")
     parser.add_argument("--plots", default=None, help="folder for one PNG per timing")
     parser.add_argument(
+        "--exposure",
+        type=float,
+        default=1.0,
+        metavar="GAIN",
+        help="the camera's brightness swings to GAIN x and back every 8 s (e.g. 1.3; default steady)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -250,9 +273,12 @@ def main() -> int:
         Timing("cpu-openvino", args.openvino_latency, 30.0),
         Timing("gpu-like", 0.040, 60.0, keyframe_every=2),
     ]
-    runs = evaluate(timings, args.seconds, size, params)
+    runs = evaluate(timings, args.seconds, size, params, exposure=args.exposure)
     changed = ", ".join(args.set) or "defaults"
-    print(f"camera {args.size}, {args.seconds:g} s, propagation {changed} (flow width {params.flow_width})")
+    light = "steady" if args.exposure == 1.0 else f"swinging to {args.exposure:g}x every 8 s"
+    print(
+        f"camera {args.size}, {args.seconds:g} s, exposure {light}, propagation {changed} (flow width {params.flow_width})"
+    )
     header = (
         f"{'timing':<13} {'net ms':>6} {'fps':>4} {'lag':>3} {'key Hz':>6} {'MAD a':>7} {'MAD b':>7} "
         f"{'edge a':>7} {'edge b':>7} {'change':>7} {'worst a':>7} {'worst b':>7} {'step ms p50/p95':>15} {'cuts':>4}"
@@ -271,6 +297,7 @@ def main() -> int:
         ok &= change <= -0.40 and np.mean(b.mad) <= np.mean(a.mad) and max(b.mad) <= max(a.mad)
         if args.plots:
             suffix = "".join(f"_{kv.replace('=', '')}" for kv in args.set)
+            suffix += f"_exposure{args.exposure:g}" if args.exposure != 1.0 else ""
             plot(run, Path(args.plots) / f"eval_live_{t.name}{suffix}.png")
     print("target (moving-edge MAD -40%, MAD and worst frame not worse):", "met" if ok else "NOT met")
     return 0 if ok else 1
