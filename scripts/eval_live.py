@@ -117,7 +117,7 @@ def moving_edge(truth: np.ndarray, before: np.ndarray | None) -> np.ndarray:
     return soft & (truth != before)
 
 
-def exposure_gain(t: float, swing: float, period: float = 8.0) -> float:
+def camera_exposure(t: float, swing: float, period: float = 8.0) -> float:
     """The camera's exposure at `t` s: 1 at the start, `swing` half a period later, back at 1 after
     a period (linear: auto exposure hunting, or the light changing)."""
     phase = (t / period) % 1.0
@@ -155,7 +155,7 @@ def evaluate(
             truth_t = scene.truth(clock)
             image = scene.image(truth_t, clock).numpy()
             if exposure != 1.0:
-                image = np.clip(image * np.float32(exposure_gain(t, exposure)), 0, 255).astype(np.uint8)
+                image = np.clip(image * np.float32(camera_exposure(t, exposure)), 0, 255).astype(np.uint8)
             truth = truth_t.numpy()
             edge = moving_edge(truth, before)
             for run in group:
