@@ -262,6 +262,8 @@ def main() -> int:
     cv2.setNumThreads(1)
     size = tuple(int(v) for v in args.size.split("x"))
     try:
+        if args.exposure <= 0:
+            raise ConfigError(f"--exposure {args.exposure:g}: expected a gain above 0, e.g. 1.3")
         if not all("=" in kv for kv in args.set):
             raise ConfigError(f"--set {args.set}: expected KEY=VALUE, e.g. flow_width=160")
         params = build_params(PropagationParams, dict(kv.split("=", 1) for kv in args.set), "propagation")
