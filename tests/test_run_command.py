@@ -77,41 +77,40 @@ def test_batched_file_job_matches_unbatched(tmp_path, clip, lite):
     assert np.abs(outs[0] - outs[1]).max() <= 1
 
 
-def test_sigint_leaves_a_playable_file_with_the_frames_so_far(tmp_path, lite):
-    long_clip = make_clip(tmp_path / "long.mp4", frames=400, size=(96, 64), fps=25, audio=True)
-    out = tmp_path / "out.mp4"
+def interrupted(args: list, progress: str, sig: signal.Signals) -> tuple[int, str]:
+    """Run `streamer` with `args`, send `sig` once its progress bar matches `progress` (the
+    encoder buffers, so an output file's size says little), and return (exit status, stderr)."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamer",
-            "run",
-            "--source",
-            long_clip,
-            "--sink",
-            out,
-            *lite,
-            "--batch",
-            "1",
-        ],
+        [sys.executable, "-m", "streamer", *map(str, args)],
         cwd=ROOT,
+        env=ONE_THREAD,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Interrupt once the progress bar shows some frames written (the encoder buffers, so the
-    # file's size says little), well before the end.
     chunks: list[str] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(1), "")))
     reader.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not re.search(r"\b(1\d|[2-9]\d)/400\b", "".join(chunks)):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    deadline = time.monotonic() + 200  # a hang guard: the wait is on the progress bar
+    while not re.search(progress, "".join(chunks)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "".join(chunks)
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
     reader.join(timeout=10)
-    err = "".join(chunks)
-    assert proc.returncode == 130, err
+    return proc.returncode, "".join(chunks)
+
+
+def test_sigint_leaves_a_playable_file_with_the_frames_so_far(tmp_path, lite):
+    long_clip = make_clip(tmp_path / "long.mp4", frames=400, size=(96, 64), fps=25, audio=True)
+    out = tmp_path / "out.mp4"
+    # Well before the end: once 10-99 of the 400 frames are written.
+    code, err = interrupted(
+        ["run", "--source", long_clip, "--sink", out, *lite, "--batch", "1"],
+        r"\b(1\d|[2-9]\d)/400\b",
+        signal.SIGINT,
+    )
+    assert code == 130, err
     assert "Traceback" not in err
     frames, pts, _ = read_video(out)
     assert 0 < len(frames) < 400
@@ -123,26 +122,12 @@ def test_sigint_leaves_a_playable_file_with_the_frames_so_far(tmp_path, lite):
 def test_sigterm_finishes_the_frames_in_flight_and_exits_143(tmp_path, lite):
     clip = make_clip(tmp_path / "long.mp4", frames=100, size=(96, 64), fps=25, audio=True)
     out = tmp_path / "out.mov"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer", "run", "--source", clip, "--sink", out, *lite, "--batch", "1"],
-        cwd=ROOT,
-        env=ONE_THREAD,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, err = interrupted(
+        ["run", "--source", clip, "--sink", out, *lite, "--batch", "1"],
+        r"\b([3-9]|\d\d)/100\b",
+        signal.SIGTERM,
     )
-    chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(1), "")))
-    reader.start()
-    deadline = time.monotonic() + 200  # a hang guard: the wait is on the progress bar
-    while not re.search(r"\b([3-9]|\d\d)/100\b", "".join(chunks)) and proc.poll() is None:
-        assert time.monotonic() < deadline, "".join(chunks)
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
-    err = "".join(chunks)
-    assert proc.returncode == 143, err
+    assert code == 143, err
     assert "SIGTERM" in err and "Traceback" not in err
     frames, pts, _ = read_video(out)
     assert 3 <= len(frames) < 100
