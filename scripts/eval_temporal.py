@@ -28,9 +28,9 @@ other parts fell to nothing and the carried part stayed as it is.
     python scripts/eval_temporal.py [--fps 30] [--seconds 8] [--size 320x240] [--strength 0.5] [--seed 0]
     python scripts/eval_temporal.py --propagated 1.0 0.7 0.5 0.3 0.2 0.04
 
-Network times of a live job (BENCHMARKS.md, "Live"): lite 256² on this 2-core CPU takes 0.13-0.3 s
-through OpenVINO, the default CPU backend (more at 720p with WebRTC encoding beside it), and
-0.44-0.71 s through torch; a GPU, a few tens of ms.
+Network times of a live job (BENCHMARKS.md, "Live"): lite 256² on this 2-core CPU takes 0.13-0.18 s
+through OpenVINO, the default CPU backend, on the direct path (up to 0.34 s beside WebRTC encoding),
+and 0.44-0.71 s through torch; a GPU, a few tens of ms.
 Each row says whether it meets the target; the exit status is 0 only when every row does.
 """
 
