@@ -41,8 +41,9 @@ from bench_live import (  # noqa: E402  (it puts the repository on sys.path)
     steady_rate,
     synthetic_frames,
 )
+from script_args import count, frame_size, listed, network_size, positive, whole  # noqa: E402
 
-from streamer.config import load_config, parse_size  # noqa: E402
+from streamer.config import load_config  # noqa: E402
 from streamer.live.serve import build_server  # noqa: E402
 from streamer.live.stats import percentile  # noqa: E402
 
@@ -193,23 +194,28 @@ async def main_async(args, weights: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="512,1024", help="picture sides, comma-separated")
-    parser.add_argument("--peers", default="0,1", help="live peers during each row, comma-separated")
-    parser.add_argument("--requests", type=int, default=20, help="requests per row")
-    parser.add_argument("--clients", type=int, default=2, help="concurrent HTTP clients")
-    parser.add_argument("--variant", default="lite")
-    parser.add_argument("--model-size", default="256", help="the network's input (HxW or N)")
-    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), help="default: serve's (auto)")
-    parser.add_argument("--camera", default="640x480", help="the live peers' camera WxH")
-    parser.add_argument("--fps", type=float, default=30.0, help="the live peers' camera rate")
     parser.add_argument(
-        "--live-alone", type=float, default=10.0, help="seconds the peers are measured without images first"
+        "--sizes", type=listed(count), default="512,1024", help="picture sides, comma-separated"
+    )
+    parser.add_argument(
+        "--peers", type=listed(whole), default="0,1", help="live peers during each row, comma-separated"
+    )
+    parser.add_argument("--requests", type=count, default=20, help="requests per row")
+    parser.add_argument("--clients", type=count, default=2, help="concurrent HTTP clients")
+    parser.add_argument("--variant", default="lite")
+    parser.add_argument(
+        "--model-size", type=network_size, default="256", help="the network's input (HxW or N)"
+    )
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), help="default: serve's (auto)")
+    parser.add_argument("--camera", type=frame_size, default="640x480", help="the live peers' camera WxH")
+    parser.add_argument("--fps", type=positive, default=30.0, help="the live peers' camera rate")
+    parser.add_argument(
+        "--live-alone",
+        type=positive,
+        default=10.0,
+        help="seconds the peers are measured without images first",
     )
     args = parser.parse_args()
-    args.sizes = [int(v) for v in args.sizes.split(",") if v]
-    args.peers = [int(v) for v in args.peers.split(",") if v]
-    args.model_size = parse_size(args.model_size)
-    args.camera = tuple(int(v) for v in args.camera.split("x"))
     fixed_rtp_origin()  # also keeps the peers' traffic on loopback
     print_table(run_with_recipe_weights(args.variant, lambda weights: main_async(args, weights)))
 

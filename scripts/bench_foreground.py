@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from script_args import count, frame_size  # noqa: E402
+
 from streamer.compose.foreground_tiles import _active_tiles, estimate_foreground_u8  # noqa: E402
 
 
@@ -69,10 +71,10 @@ def timed(fn, *args) -> tuple[float, float, np.ndarray]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--size", default="1920x1080")
+    parser.add_argument("--runs", type=count, default=9)
+    parser.add_argument("--size", type=frame_size, default="1920x1080", help="WIDTHxHEIGHT")
     args = parser.parse_args()
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = args.size
     print(f"{w}x{h}, {args.runs} alternating runs, cv2 threads {cv2.getNumThreads()}")
     print(f"{'matte':<9} {'tiles':>6} {'time':<10} {'official ms':>12} {'ours ms':>9} {'speed-up':>9}")
     for kind in ("portrait", "all-soft"):

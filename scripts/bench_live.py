@@ -56,13 +56,16 @@ from aiortc.mediastreams import MediaStreamError  # noqa: E402
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket  # noqa: E402
 from av import VideoFrame  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from script_args import count, frame_size, listed, network_size, non_negative, positive  # noqa: E402
 
-from streamer.config import load_config, parse_assignment, parse_size  # noqa: E402
+from streamer.config import load_config, parse_assignment  # noqa: E402
+from streamer.errors import StreamerError  # noqa: E402
 from streamer.frame import Frame  # noqa: E402
 from streamer.job import Job, build_processing  # noqa: E402
 from streamer.live.core import Settings  # noqa: E402
 from streamer.live.serve import build_server  # noqa: E402
 from streamer.live.stats import percentile  # noqa: E402
+from streamer.model import VARIANTS  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
 from streamer.pipeline.runner import Pipeline  # noqa: E402
 from streamer.sinks.vcam import encode, to_rgb  # noqa: E402
@@ -416,24 +419,39 @@ async def main_async(args, weights: Path) -> list[dict]:
     return rows
 
 
-def split(text: str, kind):
-    return [kind(v) for v in text.split(",") if v]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frame-sizes", default="640x480,1280x720", help="camera sizes WxH, comma-separated")
-    parser.add_argument("--model-size", default="256", help="model input sizes (HxW or N), comma-separated")
-    parser.add_argument("--variant", default="lite")
+    parser.add_argument(
+        "--frame-sizes",
+        type=listed(frame_size),
+        default="640x480,1280x720",
+        help="camera sizes WxH, comma-separated",
+    )
+    parser.add_argument(
+        "--model-size",
+        dest="model_sizes",
+        type=listed(network_size),
+        default="256",
+        help="model input sizes (HxW or N), comma-separated",
+    )
+    parser.add_argument("--variant", choices=tuple(VARIANTS), default="lite")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (skips cleanly without a GPU)")
-    parser.add_argument("--modes", default="color", help="composite modes, comma-separated (color,blur)")
-    parser.add_argument("--keyframe-every", default="1", help="keyframe intervals, comma-separated (1,2)")
+    parser.add_argument(
+        "--modes", type=listed(str), default="color", help="composite modes, comma-separated (color,blur)"
+    )
+    parser.add_argument(
+        "--keyframe-every", type=listed(count), default="1", help="keyframe intervals, comma-separated (1,2)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any setting")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
-    parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--paths", default="direct,webrtc", help="comma-separated: direct, webrtc")
+    parser.add_argument("--duration", type=positive, default=20.0, help="seconds per run")
+    parser.add_argument("--fps", type=positive, default=30.0)
+    parser.add_argument(
+        "--paths", type=listed(str), default="direct,webrtc", help="comma-separated: direct, webrtc"
+    )
     parser.add_argument("--latencies", type=Path, help="write each case's per-frame latencies (JSON) here")
-    parser.add_argument("--grain", type=float, default=0.0, help="camera noise, std in levels (e.g. 4)")
+    parser.add_argument(
+        "--grain", type=non_negative, default=0.0, help="camera noise, std in levels (e.g. 4)"
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address of the server (in a private namespace: 10.77.0.1)"
     )
@@ -441,15 +459,13 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_live: skipped: --device cuda but no CUDA GPU is usable here")
         return
-    args.frame_sizes = split(args.frame_sizes, lambda s: tuple(int(v) for v in s.split("x")))
-    args.model_sizes = split(args.model_size, parse_size)
-    args.keyframe_every = split(args.keyframe_every, int)
-    args.modes = split(args.modes, str)
-    args.paths = split(args.paths, str)
     if unknown := set(args.paths) - {"direct", "webrtc"}:
         raise SystemExit(f"bench_live: unknown path {sorted(unknown)[0]!r} (use direct, webrtc or both)")
     fixed_rtp_origin()
-    print_table(run_with_recipe_weights(args.variant, lambda weights: main_async(args, weights)))
+    try:
+        print_table(run_with_recipe_weights(args.variant, lambda weights: main_async(args, weights)))
+    except StreamerError as err:  # a setting the config refuses (--set, --modes, ...), a device
+        raise SystemExit(f"bench_live: {err}") from None
 
 
 def run_with_recipe_weights(variant: str, rows) -> list[dict]:

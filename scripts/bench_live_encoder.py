@@ -25,6 +25,7 @@ from av import VideoFrame
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_live import synthetic_frames  # noqa: E402
+from script_args import count, frame_size, listed, non_negative  # noqa: E402
 
 from streamer.live.aiortc_compat import LiveVp8Encoder  # noqa: E402
 
@@ -62,13 +63,15 @@ def measure(encoder, pictures: list[np.ndarray], step: int, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1280x720,640x480", help="WxH, comma-separated")
-    parser.add_argument("--frames", type=int, default=40, help="frames per encoder and rate")
-    parser.add_argument("--grain", type=float, default=4.0, help="camera noise, std in levels")
+    parser.add_argument(
+        "--sizes", type=listed(frame_size), default="1280x720,640x480", help="WxH, comma-separated"
+    )
+    parser.add_argument("--frames", type=count, default=40, help="frames per encoder and rate")
+    parser.add_argument("--grain", type=non_negative, default=4.0, help="camera noise, std in levels")
     args = parser.parse_args()
     rows = []
-    for text in args.sizes.split(","):
-        size = tuple(int(v) for v in text.split("x"))
+    for size in args.sizes:
+        text = f"{size[0]}x{size[1]}"
         pictures = [
             VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p").to_ndarray()
             for p in synthetic_frames(size, grain=args.grain)

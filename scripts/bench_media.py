@@ -19,6 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from media import make_clip  # noqa: E402
+from script_args import count, frame_size  # noqa: E402
 
 from streamer.sinks.open import open_sink  # noqa: E402
 from streamer.sources.video import VideoSource, VideoSourceParams  # noqa: E402
@@ -47,10 +48,10 @@ def encode_fps(frames: list, info, out: str, channels: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1280x720")
-    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--size", type=frame_size, default="1280x720", help="WIDTHxHEIGHT")
+    parser.add_argument("--frames", type=count, default=60)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         clip = make_clip(root / "src.mp4", frames=args.frames, size=(width, height), audio=False, options={})

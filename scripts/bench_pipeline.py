@@ -28,11 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from safetensors.torch import save_file  # noqa: E402
+from script_args import count, frame_size, network_size  # noqa: E402
 
 from streamer.compose.compositor import CompositeParams, Compositor, to_uint8  # noqa: E402
 from streamer.compose.foreground_tiles import estimate_foreground_u8  # noqa: E402
-from streamer.config import parse_size  # noqa: E402
 from streamer.engine import EngineParams, MattingEngine  # noqa: E402
+from streamer.errors import ConfigError, StreamerError  # noqa: E402
+from streamer.model import VARIANTS  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
 from streamer.pipeline.runner import Pipeline  # noqa: E402
 from streamer.pipeline.stages import Finisher, FinishStage, InferStage  # noqa: E402
@@ -121,33 +123,32 @@ STEPS = ("decode", "network (predict)", "smoothing", "compositing", "encode")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="lite")
-    parser.add_argument("--size", default="256", help="network input HxW")
-    parser.add_argument("--clip", default="640x360", help="clip size WxH")
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--variant", choices=tuple(VARIANTS), default="lite")
+    parser.add_argument("--size", type=network_size, default="256", help="network input HxW")
+    parser.add_argument("--clip", type=frame_size, default="640x360", help="clip size WxH")
+    parser.add_argument("--frames", type=count, default=32)
+    parser.add_argument("--batch", type=count, default=2)
     parser.add_argument("--mode", default="color", help="composite mode")
-    parser.add_argument("--rounds", type=int, default=2, help="alternate the three measurements this often")
+    parser.add_argument("--rounds", type=count, default=2, help="alternate the three measurements this often")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--backend", default="auto", help="auto (OpenVINO on the CPU), torch or openvino")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.clip.split("x"))
-    size = parse_size(args.size)
-    composite = CompositeParams(mode=args.mode)
+    width, height = args.clip
+    size = args.size
+    try:  # the config's own checks, before any work
+        composite = CompositeParams(mode=args.mode)
+        network = EngineParams(variant=args.variant, size=size, device=args.device, backend=args.backend)
+    except ConfigError as err:
+        parser.error(str(err))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = make_clip(tmp / "clip.mp4", frames=args.frames, size=(width, height), fps=30, audio=True)
         weights = tmp / f"{args.variant}.safetensors"
         save_file(make_state_dict(args.variant), str(weights))
-        engine = MattingEngine.from_params(
-            EngineParams(
-                variant=args.variant,
-                weights=str(weights),
-                size=size,
-                device=args.device,
-                backend=args.backend,
-            )
-        )
+        try:
+            engine = MattingEngine.from_params(network.model_copy(update={"weights": str(weights)}))
+        except StreamerError as err:  # no such device, say
+            parser.exit(err.exit_code, f"{parser.prog}: error: {err}\n")
         results: dict[str, list[float]] = {"model only": [], "pipeline": [], "naive loop": []}
         steps: dict[str, list[float]] = {name: [] for name in (*STEPS, "of which foreground estimation")}
         for _ in range(args.rounds):

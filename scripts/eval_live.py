@@ -39,6 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from script_args import frame_size, positive  # noqa: E402
+
 from streamer.config import build_params  # noqa: E402
 from streamer.errors import ConfigError  # noqa: E402
 from streamer.propagation import PropagationParams, Propagator  # noqa: E402
@@ -230,15 +232,15 @@ def plot(run: Run, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--size", default="640x480", help="camera WIDTHxHEIGHT")
-    parser.add_argument("--torch-latency", type=float, default=0.7, help="s per lite 256^2 forward, torch")
-    parser.add_argument("--openvino-latency", type=float, default=0.17, help="s per forward, OpenVINO")
+    parser.add_argument("--seconds", type=positive, default=20.0)
+    parser.add_argument("--size", type=frame_size, default="640x480", help="camera WIDTHxHEIGHT")
+    parser.add_argument("--torch-latency", type=positive, default=0.7, help="s per lite 256^2 forward, torch")
+    parser.add_argument("--openvino-latency", type=positive, default=0.17, help="s per forward, OpenVINO")
     parser.add_argument("--measure", action="store_true", help="time the real lite 256^2 torch forward")
     parser.add_argument("--plots", default=None, help="folder for one PNG per timing")
     parser.add_argument(
         "--exposure",
-        type=float,
+        type=positive,
         default=1.0,
         metavar="GAIN",
         help="the camera's brightness swings to GAIN x and back every 8 s (e.g. 1.3; default steady)",
@@ -260,10 +262,8 @@ def main() -> int:
     # One thread for the rest: the propagation's cost per frame is quoted for one core.
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = args.size
     try:
-        if args.exposure <= 0:
-            raise ConfigError(f"--exposure {args.exposure:g}: expected a gain above 0, e.g. 1.3")
         if not all("=" in kv for kv in args.set):
             raise ConfigError(f"--set {args.set}: expected KEY=VALUE, e.g. flow_width=160")
         params = build_params(PropagationParams, dict(kv.split("=", 1) for kv in args.set), "propagation")
@@ -279,7 +279,7 @@ def main() -> int:
     changed = ", ".join(args.set) or "defaults"
     light = "steady" if args.exposure == 1.0 else f"swinging to {args.exposure:g}x every 8 s"
     print(
-        f"camera {args.size}, {args.seconds:g} s, exposure {light}, propagation {changed} (flow width {params.flow_width})"
+        f"camera {size[0]}x{size[1]}, {args.seconds:g} s, exposure {light}, propagation {changed} (flow width {params.flow_width})"
     )
     header = (
         f"{'timing':<13} {'net ms':>6} {'fps':>4} {'lag':>3} {'key Hz':>6} {'MAD a':>7} {'MAD b':>7} "

@@ -37,6 +37,7 @@ Each row says whether it meets the target; the exit status is 0 only when every 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from script_args import fraction, frame_size, non_negative, positive  # noqa: E402
 
 from streamer.propagation import PropagationParams, Propagator  # noqa: E402
 from streamer.smoothing import SmoothingParams, TemporalSmoother  # noqa: E402
@@ -137,16 +140,21 @@ def run(
     return result
 
 
+def change(raw: float, out: float) -> float:
+    """(out - raw) / raw; NaN where raw is 0 (a run too short to have moved, say)."""
+    return (out - raw) / raw if raw else math.nan
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fps", type=float, nargs="+", default=[30.0, 60.0])
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--size", default="320x240")
-    parser.add_argument("--strength", type=float, default=SmoothingParams().strength)
+    parser.add_argument("--fps", type=positive, nargs="+", default=[30.0, 60.0])
+    parser.add_argument("--seconds", type=positive, default=8.0)
+    parser.add_argument("--size", type=frame_size, default="320x240", help="WIDTHxHEIGHT")
+    parser.add_argument("--strength", type=fraction, default=SmoothingParams().strength)
     parser.add_argument("--seed", type=int, default=0, help="the scene's and the network's noise")
     parser.add_argument(
         "--propagated",
-        type=float,
+        type=non_negative,
         nargs="*",
         default=[],
         metavar="LATENCY",
@@ -155,9 +163,9 @@ def main() -> int:
     args = parser.parse_args()
     # One thread: the figures should not depend on what else this shared machine is running.
     torch.set_num_threads(1)
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = args.size
     params = SmoothingParams(strength=args.strength)
-    print(f"size {args.size}, {args.seconds:g} s, strength {args.strength:g}, seed {args.seed}")
+    print(f"size {size[0]}x{size[1]}, {args.seconds:g} s, strength {args.strength:g}, seed {args.seed}")
     print(f"{'fps':>5} {'raw matte':<22} {'metric':<16} {'raw':>9} {'smoothed':>9} {'change':>8}")
     missed: list[str] = []
     for fps in args.fps:
@@ -166,17 +174,15 @@ def main() -> int:
             source = "per-frame network" if latency is None else f"propagated, net {latency:g} s"
             for key, label in (("flicker", "flicker"), ("mad", "MAD"), ("edge", "MAD moving edge")):
                 raw, out = r[f"{key}_raw"], r[f"{key}_out"]
-                print(
-                    f"{fps:>5g} {source:<22} {label:<16} {raw:>9.5f} {out:>9.5f} {(out - raw) / raw:>+8.1%}"
-                )
+                print(f"{fps:>5g} {source:<22} {label:<16} {raw:>9.5f} {out:>9.5f} {change(raw, out):>+8.1%}")
             if latency is not None:
                 for key in FLICKER_PARTS:
                     raw, out = r[f"{key}_raw"], r[f"{key}_out"]
                     label = key.replace("_", ", ")
                     print(
-                        f"{fps:>5g} {source:<22} {label:<16} {raw:>9.5f} {out:>9.5f} {(out - raw) / raw:>+8.1%}"
+                        f"{fps:>5g} {source:<22} {label:<16} {raw:>9.5f} {out:>9.5f} {change(raw, out):>+8.1%}"
                     )
-                bound = r["flicker_carried_out"] / r["flicker_raw"] - 1
+                bound = change(r["flicker_raw"], r["flicker_carried_out"])
                 print(f"{fps:>5g} {source:<22} {'flicker bound':<16} {'':>9} {'':>9} {bound:>+8.1%}")
             extra = f"   resets {r['resets']}"
             if latency is not None:

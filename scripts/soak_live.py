@@ -68,6 +68,7 @@ from av import VideoFrame  # noqa: E402
 from bench_live import synthetic_frames  # noqa: E402
 from fake_v4l2 import FakeV4l2Device, fuse_missing_reason  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from script_args import count, frame_size, positive  # noqa: E402
 
 from streamer.config import load_config  # noqa: E402
 from streamer.frame import Frame  # noqa: E402
@@ -259,14 +260,13 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=int, default=30)
-    parser.add_argument("--every", type=float, default=60.0, help="seconds between samples (a 'minute')")
-    parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--frame", default="320x240", help="camera size WxH")
-    parser.add_argument("--model-size", type=int, default=128)
+    parser.add_argument("--minutes", type=count, default=30)
+    parser.add_argument("--every", type=positive, default=60.0, help="seconds between samples (a 'minute')")
+    parser.add_argument("--fps", type=positive, default=30.0)
+    parser.add_argument("--frame", type=frame_size, default="320x240", help="camera size WxH")
+    parser.add_argument("--model-size", type=count, default=128)
     parser.add_argument("--out", type=Path, help="also write the rows here (JSON lines)")
     args = parser.parse_args()
-    args.frame = tuple(int(v) for v in args.frame.split("x"))
     if reason := fuse_missing_reason():
         sys.exit(f"soak_live: no FUSE for the fake v4l2 device: {reason}")
     torch.set_num_threads(2)
