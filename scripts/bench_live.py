@@ -334,14 +334,19 @@ async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[floa
     transceiver = pc.addTransceiver(track, direction="sendrecv")
     steady_rate(transceiver.sender)
 
+    first_back: list[int] = []  # the camera number of the first frame back
+
     def arrived(timestamp: int, now: float) -> None:
-        if (sent := sent_at.pop(track.number(timestamp), None)) is not None:
+        number = track.number(timestamp)
+        if not first_back:
+            first_back.append(number)
+        if (sent := sent_at.pop(number, None)) is not None:
             latencies.append(now - sent)
 
     on_frame_back(transceiver.receiver, arrived)
     received = 0
 
-    first: list[tuple[float, int]] = []
+    first: list[float] = []  # when the first frame was decoded
 
     async def receive(remote) -> None:
         nonlocal received
@@ -349,7 +354,7 @@ async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[floa
             while True:
                 await remote.recv()
                 if not first:
-                    first.append((time.monotonic(), track.n))
+                    first.append(time.monotonic())
                 received += 1
 
     readers = []
@@ -370,7 +375,9 @@ async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[floa
         ended, sent = time.monotonic(), track.n
         async with http.get(f"{base}/stats", params={"peer": answer["peer"]}) as response:
             stats = await response.json()
-        first_at, first_n = first[0] if first else (ended, sent)
+        first_at = first[0] if first else ended
+        # Counted from the first frame back: the frames sent before it never came back (start-up).
+        first_n = first_back[0] if first_back else sent
         row = common(case, ended - first_at, args.fps, received, latencies, peer.stream)
     # From the first frame back on: frames sent but never returned (dropped by the server or
     # lost on the way; the frames in flight at the end count too).
