@@ -44,7 +44,7 @@ def _fail(text: str, expected: str) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
 
 
-def _finite(text: str) -> float:
+def _float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -54,7 +54,7 @@ def _finite(text: str) -> float:
 
 def positive(text: str) -> float:
     """A finite number above 0."""
-    value = _finite(text)
+    value = _float(text)
     if not (math.isfinite(value) and value > 0):
         raise _fail(text, "a number above 0, e.g. 1.5")
     return value
@@ -62,7 +62,7 @@ def positive(text: str) -> float:
 
 def non_negative(text: str) -> float:
     """A finite number, 0 or more."""
-    value = _finite(text)
+    value = _float(text)
     if not (math.isfinite(value) and value >= 0):
         raise _fail(text, "a number, 0 or more, e.g. 0.5")
     return value
@@ -70,7 +70,7 @@ def non_negative(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A number from 0 to 1."""
-    value = _finite(text)
+    value = _float(text)
     if not (0.0 <= value <= 1.0):
         raise _fail(text, "a number from 0 to 1, e.g. 0.5")
     return value
