@@ -13,11 +13,12 @@ async def test_latest_queue_drops_oldest_and_keeps_end():
     q = LatestQueue(2)
     for i in range(5):
         q.put_nowait(i)
-    q.put_nowait(END)
-    q.put_nowait(99)
-    assert q.dropped == 5
-    assert q.max_depth == 2
-    assert [await q.get(), await q.get()] == [END, 99]
+    assert q.dropped == 3
+    q.put_nowait(END)  # makes no room: the last frames stay
+    assert q.dropped == 3 and len(q) == 3 and q.max_depth == 2  # depths count frames
+    q.put_nowait(99)  # (never happens: nothing follows END) a frame still drops the oldest frame
+    assert q.dropped == 4
+    assert [await q.get(), await q.get(), await q.get()] == [4, END, 99]
 
 
 async def test_lossless_queue_blocks_until_room():
@@ -71,6 +72,70 @@ async def test_live_drops_instead_of_building_latency():
     # 60 x 10 ms of camera); the bound leaves a loaded machine 4x the ideal ~0.1 s.
     assert stats.latencies.max < 0.4
     assert slow.batches == [1] * len(slow.batches)
+
+
+class Recording(ListSink):
+    """A file-like sink (not real time) whose first write stalls until `release` is set, as
+    libx264 does once its lookahead is full."""
+
+    realtime = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, frame):
+        assert self.release.wait(timeout=30)
+        super().write(frame)
+
+
+async def run_live_with_recording(n: int) -> tuple[Recording, ListSink, object]:
+    """A live pipeline into a real-time sink and a stalled recording. The camera's next frame
+    comes once the real-time sink has the one before (a machine that keeps up, whatever this
+    one's speed); the recording is released once the camera has sent everything."""
+    shown, recording = ListSink(), Recording()
+    delivered = threading.Condition()
+
+    class Shown(ListSink):
+        def write(self, frame):
+            with delivered:
+                shown.frames.append(frame)
+                delivered.notify_all()
+
+    class Camera(ListSource):
+        def frames(self):
+            for i, frame in enumerate(super().frames()):
+                with delivered:
+                    assert delivered.wait_for(lambda i=i: len(shown.frames) == i, timeout=30)
+                yield frame
+            with delivered:
+                assert delivered.wait_for(lambda: len(shown.frames) == n, timeout=30)
+            recording.release.set()
+
+    stats = await Pipeline(Camera(make_frames(n), live=True), [], [Shown(), recording], live=True).run()
+    return recording, shown, stats
+
+
+async def test_a_live_recording_falls_behind_by_its_buffer_and_loses_nothing():
+    from streamer.pipeline.runner import RECORDING_BUFFER
+
+    n = RECORDING_BUFFER + 1  # one being written, the rest waiting
+    recording, shown, stats = await run_live_with_recording(n)
+    assert [f.index for f in shown.frames] == list(range(n))
+    assert [f.index for f in recording.frames] == list(range(n))
+    assert stats.dropped == 0
+
+
+async def test_a_live_recording_further_behind_than_its_buffer_drops_its_oldest_and_counts_them():
+    from streamer.pipeline.runner import RECORDING_BUFFER
+
+    n = RECORDING_BUFFER + 11
+    recording, shown, stats = await run_live_with_recording(n)
+    assert len(shown.frames) == n
+    # Frame 0 was being written; of the others only the newest RECORDING_BUFFER waited.
+    assert [f.index for f in recording.frames] == [0, *range(n - RECORDING_BUFFER, n)]
+    assert stats.dropped == 10
+    assert stats.frames_out == [n, RECORDING_BUFFER + 1]
 
 
 async def test_stage_error_stops_everything_and_names_the_stage():

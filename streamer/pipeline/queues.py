@@ -4,8 +4,9 @@
 and counts it, so latency cannot build up. `LosslessQueue` is for files: `put` waits while
 the queue is full (backpressure), so every frame arrives in order.
 
-Both carry `END` after the last frame. `END` is never dropped: a stage that reads it passes
-it on and stops, so end of stream drains every stage in order.
+Both carry `END` after the last frame. `END` is never dropped and takes no frame's place (the
+frames still waiting are the stream's last, which a recording must keep): a stage that reads it
+passes it on and stops, so end of stream drains every stage in order. Depths count frames only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class _Queue:
 
     def _append(self, item: Any) -> None:
         self._items.append(item)
-        self.max_depth = max(self.max_depth, len(self._items))
+        if item is not END:
+            self.max_depth = max(self.max_depth, len(self._items))
         self._changed.set()
 
     async def get(self) -> Any:
@@ -65,7 +67,7 @@ class LatestQueue(_Queue):
         super().__init__(maxsize)
 
     def put_nowait(self, item: Any) -> None:
-        if len(self._items) >= self.maxsize:
+        if item is not END and len(self._items) >= self.maxsize:
             # Drop the oldest *frame*; END is kept so the stream still ends.
             for i, old in enumerate(self._items):
                 if old is not END:

@@ -15,6 +15,12 @@ from streamer.frame import Frame
 
 
 class Sink(Protocol):
+    realtime: bool
+    """True where a late frame is worth nothing (a virtual camera, a preview): in a live job the
+    newest frame wins. False for recordings (files): a live job lets them fall behind by a
+    buffer of frames instead (`streamer.pipeline.runner.RECORDING_BUFFER`), so an encoder's burst
+    costs no frame. A sink without the attribute counts as real time."""
+
     def write(self, frame: Frame) -> None:
         """Consume `frame.output` (uint8 HWC, C = 1, 3 or 4, CPU) with its pts/time_base."""
         ...

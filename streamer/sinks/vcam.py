@@ -221,6 +221,8 @@ class VcamSink:
     so a file plays at the camera's rate with nothing dropped.
     """
 
+    realtime = True
+
     def __init__(
         self,
         params: VcamParams,

@@ -147,6 +147,7 @@ def flatten(rgba: np.ndarray, color: tuple[int, int, int] = (0, 0, 0)) -> np.nda
 
 
 class VideoFileSink:
+    realtime = False
     def __init__(
         self,
         path: str | Path,
