@@ -411,6 +411,11 @@ class LiveStage:
             await worker.aclose()
         await outq.put(END)
 
+    @property
+    def dropped(self) -> int:
+        """Frames the stream let go because its thread fell behind (the newest wins)."""
+        return 0 if self.stream is None else self.stream.dropped
+
     def summary(self) -> str:
         if self.stream is None:
             return ""

@@ -77,6 +77,8 @@ class PipelineStats:
     latencies: Distribution = field(default_factory=Distribution)
     """Seconds from capture to the first sink."""
     queues: list = field(default_factory=list)
+    droppers: list = field(default_factory=list)
+    """Stages that let frames go themselves (the live core's backlog), each with `.dropped`."""
     started: float = 0.0
     ended: float = 0.0
     clock: Callable[[], float] = time.monotonic
@@ -103,7 +105,7 @@ class PipelineStats:
 
     @property
     def dropped(self) -> int:
-        return sum(q.dropped for q in self.queues)
+        return sum(q.dropped for q in (*self.queues, *self.droppers))
 
     @property
     def max_queue_depth(self) -> int:
