@@ -392,3 +392,12 @@ def test_live_file_plays_at_its_own_rate_through_the_live_core(tmp_path, lite):
     assert time.monotonic() - started >= 50 / 25 - 0.1
     # The live core's summary: keyframes on the network, the other frames carried by flow.
     assert re.search(r"live: \d+ keyframes, \d+ of \d+ frames with a propagated matte", result.stderr)
+
+
+def test_a_file_played_live_into_a_recording_keeps_its_sound(tmp_path, lite):
+    clip = make_clip(tmp_path / "clip.mp4", frames=25, size=(96, 64), fps=25, audio=True)
+    out = tmp_path / "recording.mp4"
+    result = streamer("run", "--source", clip, "--sink", out, "--live", *lite)
+    assert result.returncode == 0, result.stderr
+    packets, seconds = count_audio(out)
+    assert packets > 0 and seconds == pytest.approx(count_audio(clip)[1], abs=0.05)

@@ -66,13 +66,14 @@ def test_b_frames_come_out_in_presentation_order(tmp_path):
     ]
 
 
-def test_live_override_uses_slice_threads_and_no_audio(clips):
+def test_live_override_uses_slice_threads_and_keeps_a_files_audio(clips):
     file_source = open_source(str(clips["mp4"]))
     live_source = open_source(str(clips["mp4"]), live=True)
     assert file_source._stream.thread_type.name == "AUTO"  # frame threads for throughput
     assert live_source._stream.thread_type.name == "SLICE"  # no added latency
     assert live_source.info.live and live_source.info.frame_count is None
-    assert live_source.info.audio_path is None  # a live stream cannot be reopened for its audio
+    # A file played as a camera can be opened again for its audio (a live stream cannot).
+    assert live_source.info.audio_path == str(clips["mp4"])
     assert len(list(live_source.frames())) == 30
     file_source.close()
 

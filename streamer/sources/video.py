@@ -142,6 +142,7 @@ class VideoSource:
         width, height = stream.codec_context.width, stream.codec_context.height
         if self._turns % 2:
             width, height = height, width
+        local = scheme_of(self.url) in (None, "file")
         return SourceInfo(
             width=width,
             height=height,
@@ -149,9 +150,10 @@ class VideoSource:
             time_base=stream.time_base or Fraction(1, 90000),
             frame_count=(stream.frames or None) if not live else None,
             live=live,
-            # A live stream cannot be opened a second time in step for its audio.
-            audio_path=self.url if self._container.streams.audio and not live else None,
-            files=(self.url,) if scheme_of(self.url) in (None, "file") else (),
+            # A live stream cannot be opened a second time in step for its audio; a file played
+            # as a camera (`--live`) can.
+            audio_path=self.url if self._container.streams.audio and (local or not live) else None,
+            files=(self.url,) if local else (),
             description=f"{self.url} ({stream.codec_context.name} {width}x{height}"
             + (f" @ {float(rate):.3g} fps" if rate else "")
             + (", live)" if live else ")"),
