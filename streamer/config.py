@@ -16,7 +16,7 @@ import re
 import reprlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -262,11 +262,24 @@ def build_params(cls: type, values: Mapping[str, Any], section: str) -> Any:
         raise config_error(err, cls, section, values) from None
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 class OutputParams(Params):
+    """Outputs: what the file sinks take (`streamer.sinks.video_file`) and how a job treats them."""
+
     overwrite: bool = False
     """Replace existing outputs (never done silently)."""
     crf: Whole(0, 63) = 18
-    """H.264/VP9 quality (lower is better; 18 is visually lossless for most footage)."""
+    """H.264/VP9 quality (lower is better; 18 is visually lossless for most footage; ProRes and
+    FFV1 ignore it)."""
+    preset: Literal[X264_PRESETS] = "medium"
+    """x264 speed/size trade-off."""
+    audio: bool = True
+    """Carry the source's audio over."""
+    flatten_color: Maybe(Colour) = None
+    """Where RGBA frames meet a format without alpha: laid over this colour (the colour composite);
+    None lays them over black with a warning (alpha asked for, but this format cannot keep it)."""
     progress: bool = True
 
 

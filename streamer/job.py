@@ -60,7 +60,7 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
     sinks: list = []
     try:
         for spec in args.sink:
-            sinks.append(open_output(spec, source.info, config, flatten))
+            sinks.append(open_output(spec, source.info, config))
         if getattr(args, "preview", False):
             from streamer.sinks.preview import PreviewSink
 
@@ -103,8 +103,9 @@ def with_default_mode(config: JobConfig, args: argparse.Namespace) -> tuple[JobC
     """No mode chosen: RGBA when an output keeps alpha; the others show the colour composite.
 
     The outputs without alpha (.mp4, the virtual camera) then lay the RGBA frames over the
-    colour themselves (the returned colour; None when nothing changed), which gives the
-    colour composite. With a mode chosen, nothing changes.
+    colour themselves (`output.flatten_color`, `vcam.flatten_color`; the colour is also returned,
+    None when nothing changed), which gives the colour composite. With a mode chosen, nothing
+    changes.
     """
     # A mode chosen by --mode, --set or the config file is in the fields set when loading.
     chosen = "mode" in config.composite.model_fields_set
@@ -113,12 +114,13 @@ def with_default_mode(config: JobConfig, args: argparse.Namespace) -> tuple[JobC
     color = config.composite.color
     composite = merge_params(config.composite, "composite", {"mode": "rgba"})
     vcam = merge_params(config.vcam, "vcam", {"flatten_color": color})
+    output = merge_params(config.output, "output", {"flatten_color": color})
     return dataclasses.replace(
-        config, sections={**config.sections, "composite": composite, "vcam": vcam}
+        config, sections={**config.sections, "composite": composite, "vcam": vcam, "output": output}
     ), color
 
 
-def open_output(spec: str, info, config: JobConfig, flatten: tuple | None = None):
+def open_output(spec: str, info, config: JobConfig):
     if spec == "vcam":
         from streamer.sinks.vcam import open_vcam
 
@@ -133,10 +135,8 @@ def open_output(spec: str, info, config: JobConfig, flatten: tuple | None = None
         spec,
         info=info,
         overwrite=config.output.overwrite,
-        crf=config.output.crf,
+        params=config.output,
         inputs=[background] if background else (),
-        # RGBA chosen by default for other outputs: this one, without alpha, shows the colour composite.
-        **({"flatten_color": flatten} if flatten else {}),
     )
 
 

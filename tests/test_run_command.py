@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -65,6 +66,19 @@ def test_file_job_keeps_every_frame_timestamps_and_audio_in_several_sinks(tmp_pa
         assert np.ptp(np.stack(frames)[..., 3]) > 10
         packets, seconds = count_audio(out)
         assert packets > 0 and seconds == pytest.approx(count_audio(clip)[1], abs=0.05)
+
+
+def test_output_settings_reach_the_file_sink(tmp_path, clip, lite):
+    out = tmp_path / "out.mp4"
+    result = streamer(
+        "run", "--source", clip, "--sink", out, *lite, "--set", "output.audio=false", "--set", "output.preset=ultrafast"
+    )
+    assert result.returncode == 0, result.stderr
+    assert count_audio(out) == (0, 0.0)
+    with av.open(str(out)) as container:
+        # x264 writes its settings into the first packet: the ultrafast preset turns CABAC off.
+        first = bytes(next(container.demux(container.streams.video[0])))
+    assert b"cabac=0" in first and b"cabac=1" not in first
 
 
 def test_batched_file_job_matches_unbatched(tmp_path, clip, lite):

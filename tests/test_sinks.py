@@ -15,7 +15,8 @@ from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.open import open_sink
 from streamer.sinks.png_sequence import PngSequenceSink
-from streamer.sinks.video_file import FileSinkParams, VideoFileSink
+from streamer.config import OutputParams
+from streamer.sinks.video_file import VideoFileSink
 from streamer.sources.open import open_source
 
 SIZE = (64, 48)
@@ -285,11 +286,11 @@ def test_close_is_idempotent_and_empty_sink_writes_nothing(vfr_clip, tmp_path):
 
 def test_params_validate_and_options_pass_through(vfr_clip, tmp_path):
     with pytest.raises(ConfigError):
-        FileSinkParams(crf=99)
+        OutputParams(crf=99)
     with pytest.raises(ConfigError):
-        FileSinkParams(preset="fastest")
+        OutputParams(preset="fastest")
     sink = open_sink(tmp_path / "q.mp4", info=open_source(str(vfr_clip)).info, crf=30, preset="ultrafast")
-    assert sink.params == FileSinkParams(crf=30, preset="ultrafast")
+    assert sink.params == OutputParams(crf=30, preset="ultrafast")
 
 
 def test_output_is_written_under_a_partial_name_and_renamed_when_complete(vfr_clip, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from streamer.batch.plan import Task
 from streamer.batch.segment import SegmentSource, WindowSink
-from streamer.config import JobConfig
+from streamer.config import JobConfig, merge_params
 from streamer.errors import StreamerError
 from streamer.job import build_processing, file_stages, open_output
 from streamer.pipeline.runner import Pipeline
@@ -76,7 +76,8 @@ def _process(task: Task, config: JobConfig, engine, on_progress) -> int:
             sink = open_output(spec, source.info, config)
         else:
             # Segments carry no audio: the join copies the source's audio once.
-            inner = open_sink(spec, info=source.info, overwrite=True, crf=config.output.crf, audio=False)
+            params = merge_params(config.output, "output", {"audio": False})
+            inner = open_sink(spec, info=source.info, overwrite=True, params=params)
             sink = WindowSink(inner, start_pts)
     except BaseException:
         source.close()

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from streamer.config import OutputParams
 from streamer.errors import MediaError
 from streamer.sinks.base import Sink
 from streamer.sinks.paths import refuse_input_as_output
 from streamer.sinks.png_sequence import PngSequenceSink, existing_frames, is_png_sequence, pattern_of
-from streamer.sinks.video_file import FORMATS, FileSinkParams, VideoFileSink
+from streamer.sinks.video_file import FORMATS, VideoFileSink
 from streamer.sources.base import SourceInfo
 
 SUPPORTED = f"{', '.join(FORMATS)}, out/frame_%05d.png or a folder ending in /"
@@ -25,14 +26,15 @@ def open_sink(
     *,
     info: SourceInfo,
     overwrite: bool = False,
-    params: FileSinkParams | None = None,
+    params: OutputParams | None = None,
     inputs: Iterable[str] = (),
     **options,
 ) -> Sink:
     """Check the output (format, not an input, existing file, writable folder) and return its sink.
 
     The source's files (`info.files`) and any other `inputs` (a background video) are never
-    overwritten. `options` are FileSinkParams fields (crf, preset, audio) when `params` is not given.
+    overwritten. `options` are OutputParams fields (crf, preset, audio, flatten_color) when `params`
+    is not given.
     """
     spec = str(path)
     inputs = [*info.files, *inputs]
@@ -42,4 +44,4 @@ def open_sink(
     refuse_input_as_output([spec], inputs)
     if Path(spec).suffix.lower() not in FORMATS:
         raise MediaError(f"unsupported output format: {spec} (use {SUPPORTED})")
-    return VideoFileSink(spec, info=info, overwrite=overwrite, params=params or FileSinkParams(**options))
+    return VideoFileSink(spec, info=info, overwrite=overwrite, params=params or OutputParams(**options))

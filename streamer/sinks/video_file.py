@@ -24,12 +24,11 @@ import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
 
 import av
 import numpy as np
 
-from streamer.config import Colour, Maybe, Params, Whole
+from streamer.config import OutputParams
 from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sinks.audio import AudioCarrier
@@ -44,31 +43,6 @@ from streamer.sinks.paths import (
 from streamer.sources.base import SourceInfo
 
 log = logging.getLogger(__name__)
-
-X264_PRESETS = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-)
-
-
-class FileSinkParams(Params):
-    prefix = "output"
-    crf: Whole(0, 63) = 18
-    """Quality for H.264 and VP9 (lower is better; ProRes and FFV1 ignore it)."""
-    preset: Literal[X264_PRESETS] = "medium"
-    """x264 speed/size trade-off."""
-    audio: bool = True
-    """Carry the source's audio over."""
-    flatten_color: Maybe(Colour) = None
-    """Where RGBA frames meet a format without alpha: laid over this colour (the colour composite);
-    None lays them over black with a warning (alpha asked for, but this format cannot keep it)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +102,7 @@ FORMATS: dict[str, VideoFormat] = {
 INPUT_FORMATS = {1: "gray", 3: "rgb24", 4: "rgba"}
 
 
-def codec_options(fmt: VideoFormat, channels: int, params: FileSinkParams) -> dict[str, str]:
+def codec_options(fmt: VideoFormat, channels: int, params: OutputParams) -> dict[str, str]:
     options = dict(fmt.options)
     if fmt.codec == "libx264":
         options.update(crf=str(params.crf), preset=params.preset)
@@ -154,11 +128,11 @@ class VideoFileSink:
         *,
         info: SourceInfo,
         overwrite: bool = False,
-        params: FileSinkParams | None = None,
+        params: OutputParams | None = None,
     ) -> None:
         self.path = Path(path)
         self.info = info
-        self.params = params or FileSinkParams()
+        self.params = params or OutputParams()
         suffix = self.path.suffix.lower()
         if suffix not in FORMATS:
             raise MediaError(f"unsupported output format: {self.path} (use {', '.join(FORMATS)})")
