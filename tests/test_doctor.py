@@ -48,7 +48,7 @@ def test_doctor_reports_every_check_and_exits_0(capsys, monkeypatch, tmp_path):
     assert f"torch {torch.__version__}" in table["torch"][0]
     if not torch.cuda.is_available():
         assert table["torch"][0].startswith("WARN")
-        assert "CPU only: live will be slow; use --variant lite --size 512x512" in table["torch"][0]
+        assert "CPU only: for live jobs use --config live-cpu" in table["torch"][0]
     assert str(tmp_path / "hub") in table["hf"][0]
     portrait, lite = table["weights"]
     assert portrait.startswith("WARN") and portrait.endswith(
