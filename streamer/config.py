@@ -262,7 +262,17 @@ def build_params(cls: type, values: Mapping[str, Any], section: str) -> Any:
         raise config_error(err, cls, section, values) from None
 
 
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
 
 
 class OutputParams(Params):

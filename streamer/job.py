@@ -134,7 +134,6 @@ def open_output(spec: str, info, config: JobConfig):
     return open_sink(
         spec,
         info=info,
-        overwrite=config.output.overwrite,
         params=config.output,
         inputs=[background] if background else (),
     )

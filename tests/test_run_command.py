@@ -71,7 +71,16 @@ def test_file_job_keeps_every_frame_timestamps_and_audio_in_several_sinks(tmp_pa
 def test_output_settings_reach_the_file_sink(tmp_path, clip, lite):
     out = tmp_path / "out.mp4"
     result = streamer(
-        "run", "--source", clip, "--sink", out, *lite, "--set", "output.audio=false", "--set", "output.preset=ultrafast"
+        "run",
+        "--source",
+        clip,
+        "--sink",
+        out,
+        *lite,
+        "--set",
+        "output.audio=false",
+        "--set",
+        "output.preset=ultrafast",
     )
     assert result.returncode == 0, result.stderr
     assert count_audio(out) == (0, 0.0)

@@ -11,11 +11,11 @@ import torch
 from media import count_audio, make_clip, one_line_error, pattern, pix_fmt_of, read_video, square_position
 from PIL import Image
 
+from streamer.config import OutputParams
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.open import open_sink
 from streamer.sinks.png_sequence import PngSequenceSink
-from streamer.config import OutputParams
 from streamer.sinks.video_file import VideoFileSink
 from streamer.sources.open import open_source
 

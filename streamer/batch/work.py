@@ -76,8 +76,8 @@ def _process(task: Task, config: JobConfig, engine, on_progress) -> int:
             sink = open_output(spec, source.info, config)
         else:
             # Segments carry no audio: the join copies the source's audio once.
-            params = merge_params(config.output, "output", {"audio": False})
-            inner = open_sink(spec, info=source.info, overwrite=True, params=params)
+            params = merge_params(config.output, "output", {"audio": False, "overwrite": True})
+            inner = open_sink(spec, info=source.info, params=params)
             sink = WindowSink(inner, start_pts)
     except BaseException:
         source.close()

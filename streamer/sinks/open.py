@@ -25,7 +25,6 @@ def open_sink(
     path: str | Path,
     *,
     info: SourceInfo,
-    overwrite: bool = False,
     params: OutputParams | None = None,
     inputs: Iterable[str] = (),
     **options,
@@ -33,9 +32,13 @@ def open_sink(
     """Check the output (format, not an input, existing file, writable folder) and return its sink.
 
     The source's files (`info.files`) and any other `inputs` (a background video) are never
-    overwritten. `options` are OutputParams fields (crf, preset, audio, flatten_color) when `params`
-    is not given.
+    overwritten. `options` are OutputParams fields (overwrite, crf, preset, audio, flatten_color)
+    when `params` is not given.
     """
+    if params is not None and options:
+        raise TypeError("open_sink takes params or OutputParams fields, not both")
+    params = params or OutputParams(**options)
+    overwrite = params.overwrite
     spec = str(path)
     inputs = [*info.files, *inputs]
     if is_png_sequence(spec):
@@ -44,4 +47,4 @@ def open_sink(
     refuse_input_as_output([spec], inputs)
     if Path(spec).suffix.lower() not in FORMATS:
         raise MediaError(f"unsupported output format: {spec} (use {SUPPORTED})")
-    return VideoFileSink(spec, info=info, overwrite=overwrite, params=params or OutputParams(**options))
+    return VideoFileSink(spec, info=info, params=params)

@@ -47,6 +47,7 @@ def existing_frames(pattern: str, suffix: str = "") -> list[Path]:
 
 class PngSequenceSink:
     realtime = False
+
     def __init__(self, path: str, *, overwrite: bool = False, compress_level: int = 1) -> None:
         self.pattern = pattern_of(str(path))
         if len(PRINTF_INT.findall(os.path.basename(self.pattern))) != 1:

@@ -38,6 +38,7 @@ def to_bgr(output: np.ndarray, background: tuple[int, int, int] = (0, 0, 0)) -> 
 
 class PreviewSink:
     realtime = True
+
     def __init__(
         self,
         host: str = "127.0.0.1",

@@ -122,14 +122,8 @@ def flatten(rgba: np.ndarray, color: tuple[int, int, int] = (0, 0, 0)) -> np.nda
 
 class VideoFileSink:
     realtime = False
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        info: SourceInfo,
-        overwrite: bool = False,
-        params: OutputParams | None = None,
-    ) -> None:
+
+    def __init__(self, path: str | Path, *, info: SourceInfo, params: OutputParams | None = None) -> None:
         self.path = Path(path)
         self.info = info
         self.params = params or OutputParams()
@@ -137,7 +131,7 @@ class VideoFileSink:
         if suffix not in FORMATS:
             raise MediaError(f"unsupported output format: {self.path} (use {', '.join(FORMATS)})")
         self.format = FORMATS[suffix]
-        check_output_file(self.path, overwrite)
+        check_output_file(self.path, self.params.overwrite)
         self.partial = partial_path(self.path)
         kept = keep_interrupted(self.path)
         if kept is not None:
