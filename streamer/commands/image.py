@@ -13,15 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from streamer.commands import options
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
+from streamer.stills import read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FORMATS = {"mask": "matte", "cutout": "rgba", "composite": "color"}
@@ -98,9 +98,7 @@ def plan_outputs(paths: list[Path], output: str, fmt: str) -> list[Path]:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    return torch.from_numpy(read_rgb(path))
 
 
 def to_pil(picture: torch.Tensor) -> Image.Image:

@@ -44,12 +44,13 @@ class SolidBackground:
 
 class ImageBackground:
     def __init__(self, path: str | Path):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
+
+        from streamer.stills import read_rgb
 
         try:
-            with Image.open(path) as img:
-                self.image = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
-        except (OSError, UnidentifiedImageError) as err:
+            self.image = torch.from_numpy(read_rgb(path))
+        except (OSError, UnidentifiedImageError, ValueError) as err:
             raise MediaError(
                 f"cannot read background image: {path} (pass --background PATH to a PNG or JPEG)"
             ) from err

@@ -315,7 +315,9 @@ def decode_image(data: bytes, what: str = "background") -> np.ndarray:
 
     The size is read from the header and checked before anything is decoded; runs in a
     thread (decoding a large picture takes a while). `what` names the picture in errors."""
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from streamer.stills import upright_rgb
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -328,8 +330,7 @@ def decode_image(data: bytes, what: str = "background") -> np.ndarray:
                         f"megapixels, {MAX_SIDE} on a side); upload a smaller picture"
                     )
                 picture.draft("RGB", (KEEP_SIDE, KEEP_SIDE))  # JPEG: decode at a reduced scale
-                # Phone photos store their rotation in EXIF (as `streamer image` reads them).
-                rgb = ImageOps.exif_transpose(picture).convert("RGB")
+                rgb = Image.fromarray(upright_rgb(picture))
                 rgb.thumbnail((KEEP_SIDE, KEEP_SIDE))
                 return np.asarray(rgb)
         except HTTPProblem:

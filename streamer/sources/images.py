@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from streamer.config import Number, Params
 from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sources.base import InputDamage, SourceInfo
+from streamer.stills import read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,7 @@ def list_images(spec: str) -> list[Path]:
 
 def load_rgb(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            # Phone photos are stored sideways with an EXIF orientation tag: show them upright.
-            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+        return read_rgb(path)
     except FileNotFoundError as err:
         raise MediaError(f"input not found: {path} (check the path)") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
