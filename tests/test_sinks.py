@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from media import count_audio, make_clip, one_line_error, pattern, pix_fmt_of, read_video, square_position
 from PIL import Image
 
@@ -15,7 +17,7 @@ from streamer.config import OutputParams
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.open import open_sink
-from streamer.sinks.png_sequence import PngSequenceSink
+from streamer.sinks.png_sequence import PngSequenceSink, existing_frames
 from streamer.sinks.video_file import VideoFileSink
 from streamer.sources.open import open_source
 
@@ -159,6 +161,34 @@ def test_png_pattern_refuses_then_replaces_existing_frames(vfr_clip, tmp_path):
     assert "--overwrite" in one_line_error(excinfo)
     transcode(vfr_clip, pattern_path, stop_after=2, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "seq").iterdir()) == ["f_000.png", "f_001.png"]
+
+
+def test_overwrite_removes_only_names_its_pattern_makes(vfr_clip, tmp_path):
+    """`%d.png` never makes `0001.png`: the user's own numbered pictures beside it stay."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    theirs = [folder / f"{i:04d}.png" for i in range(1, 4)]
+    for path in theirs:
+        path.write_bytes(b"their picture")
+    transcode(vfr_clip, f"{folder}/%d.png", stop_after=2, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["0.png", "0001.png", "0002.png", "0003.png", "1.png"]
+    assert all(path.read_bytes() == b"their picture" for path in theirs)
+
+
+@given(
+    field=st.sampled_from(["%d", "%1d", "%3d", "%01d", "%04d", "%06d"]),
+    numbers=st.lists(st.integers(0, 10**7), max_size=6),
+    others=st.lists(st.from_regex(r"[0-9 ]{1,9}", fullmatch=True), max_size=6),
+)
+def test_existing_frames_are_exactly_the_names_the_pattern_makes(tmp_path_factory, field, numbers, others):
+    folder = tmp_path_factory.mktemp("seq")
+    pattern = str(folder / f"f_{field}.png")
+    made = {f"f_{field % n}.png" for n in numbers}
+    for name in made | {f"f_{text}.png" for text in others}:
+        (folder / name).write_bytes(b"")
+    found = {p.name for p in existing_frames(pattern)}
+    assert made <= found
+    assert all(name[2:-4] == field % int(name[2:-4]) for name in found)  # and nothing else
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])

@@ -37,12 +37,19 @@ def pattern_of(path: str) -> str:
 
 
 def existing_frames(pattern: str, suffix: str = "") -> list[Path]:
-    """Files in the pattern's folder whose names the pattern could have produced (plus `suffix`)."""
+    """Files in the pattern's folder whose names the pattern could have produced (plus `suffix`):
+    `%d.png` never makes `0001.png`, so `--overwrite` leaves a folder's own pictures alone."""
     folder, name = os.path.split(pattern)
-    head, tail = PRINTF_INT.split(name, maxsplit=1)[0::2]
-    regex = re.compile(re.escape(head) + r"\d+" + re.escape(tail + suffix) + "$")
+    field = PRINTF_INT.search(name)
+    head, tail = name[: field.start()], name[field.end() :]
+    regex = re.compile(re.escape(head) + r"( *\d+)" + re.escape(tail + suffix) + "$")
+
+    def made_here(path: Path) -> bool:
+        number = regex.match(path.name)
+        return number is not None and field.group(0) % int(number[1]) == number[1]
+
     root = Path(folder or ".")
-    return sorted(p for p in root.iterdir() if regex.match(p.name)) if root.is_dir() else []
+    return sorted(filter(made_here, root.iterdir())) if root.is_dir() else []
 
 
 class PngSequenceSink:
