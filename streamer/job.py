@@ -148,12 +148,11 @@ def build_processing(config: JobConfig, engine=None):
     from streamer.engine import MattingEngine
     from streamer.smoothing import TemporalSmoother
 
+    compositor = Compositor(config.composite)
+    compositor.open_background()  # a bad background file fails now, not after the network loads
     engine = engine or MattingEngine.from_params(config.model)
-    return (
-        engine,
-        TemporalSmoother(config.smoothing, engine.device),
-        Compositor(config.composite, engine.device),
-    )
+    compositor.device = engine.device
+    return engine, TemporalSmoother(config.smoothing, engine.device), compositor
 
 
 class Progress:
@@ -214,7 +213,12 @@ class Controls:
         if target is None:
             return f"not changed: {section}.{key} applies to live jobs only"
         try:
-            target.params = update_params(target.params, section, key, words[1].strip())
+            params = update_params(target.params, section, key, words[1].strip())
+            if section == "composite":
+                from streamer.compose.compositor import check_background
+
+                check_background(params, target.params)
+            target.params = params
         except (ConfigError, StreamerError) as err:
             return f"not changed: {err}"
         return f"{section}.{key} = {getattr(target.params, key)}"

@@ -6,10 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
+from streamer.compose.background import VideoBackground
 from streamer.compose.compositor import CompositeParams, Compositor
 from streamer.compose.edges import feather, gamma, grow, threshold
 from streamer.errors import ConfigError
 from tests.harness import params_switched
+from tests.media import make_clip, read_video
 
 H, W = 40, 60
 
@@ -110,6 +112,14 @@ def test_video_background_loops_by_time(tmp_path):
     image, alpha = torch.zeros(H, W, 3, dtype=torch.uint8), torch.zeros(H, W)
     seen = [tuple(compositor(image, alpha, t)[5, 5].tolist()) for t in (0.0, 0.15, 0.25, 0.35, 0.45, 0.05)]
     assert seen == [red, green, blue, red, green, red]
+
+
+def test_a_phone_clip_background_is_upright(tmp_path):
+    """Stored 64x48 with a display matrix that turns it a quarter: shown 48x64, as the source shows it."""
+    path = make_clip(tmp_path / "phone.mp4", frames=2, size=(64, 48), rotate=-90, audio=False)
+    stored = read_video(path)[0][0]
+    shown = VideoBackground(path).frame(64, 48, 0.0, torch.device("cpu"))  # the upright size: no scaling
+    np.testing.assert_allclose(shown.numpy() * 255, np.rot90(stored, -1), atol=0.01)
 
 
 def test_blur_does_not_smear_the_subject_into_the_background():

@@ -125,6 +125,7 @@ async def test_backgrounds_are_picked_by_name_from_the_operator_folder(tmp_path,
     folder = tmp_path / "backgrounds"
     folder.mkdir()
     (folder / "beach.png").write_bytes(png(colour=(255, 255, 0)))
+    (folder / "broken.jpg").write_bytes(png()[:40])  # a cut download
     (folder / "notes.txt").write_text("not a picture")
     (folder / "sub").mkdir()
     (folder / "sub" / "deep.png").write_bytes(png())
@@ -132,12 +133,25 @@ async def test_backgrounds_are_picked_by_name_from_the_operator_folder(tmp_path,
     server = make_server(backgrounds=str(folder))
     async with serving(server) as (http, base):
         async with http.get(base + "/config") as response:
-            assert (await response.json())["backgrounds"] == [{"name": "beach.png", "mode": "image"}]
+            assert (await response.json())["backgrounds"] == [
+                {"name": "beach.png", "mode": "image"},
+                {"name": "broken.jpg", "mode": "image"},
+            ]
         client = Client(http, base)
         await client.connect()
         for name in ("../outside.png", "sub/deep.png", "notes.txt", str(folder / "beach.png"), 3, [1]):
             status, reply = await client.post("/params", {"composite": {"mode": "image", "background": name}})
-            assert status == 400 and "not one of this server's backgrounds (beach.png)" in reply["error"]
+            assert (
+                status == 400
+                and "not one of this server's backgrounds (beach.png, broken.jpg)" in reply["error"]
+            )
+        # Read when picked: a file that cannot be read is refused and the stream goes on as it was.
+        status, reply = await client.post(
+            "/params", {"composite": {"mode": "image", "background": "broken.jpg"}}
+        )
+        assert status == 400 and reply["error"].startswith("composite.background: cannot read"), reply
+        assert server.peers[client.peer].finisher.compositor.params.mode == "matte"
+        await still_flowing(client)
         # The whole update is validated at once: key order never matters.
         for composite in (
             {"mode": "image", "background": "beach.png"},

@@ -9,6 +9,7 @@ from streamer.job import Controls, Job, build_processing
 from streamer.live.core import Settings
 from streamer.pipeline.runner import Pipeline
 from tests.harness import ListSink, ListSource, make_frames
+from tests.media import make_clip
 
 
 @pytest.fixture
@@ -47,6 +48,22 @@ def test_commands_replace_params_and_reject_bad_values(job):
     assert job.compositor.params.mode == "blur"
     assert controls.apply("jump 3").startswith("unknown command")
     assert "mode VALUE" in controls.apply("help")
+
+
+def test_a_background_that_cannot_be_read_is_refused_and_the_job_goes_on(job, tmp_path):
+    """Checked when typed, not at the next frame: that frame would end the live job."""
+    broken = tmp_path / "beach.png"
+    broken.write_text("{}")
+    video = make_clip(tmp_path / "waves.mp4", frames=3, audio=False)
+    reply_to = Controls(job).apply
+    assert reply_to(f"background {broken}") == f"composite.background = {broken}"
+    reply = reply_to("mode image")
+    assert reply.startswith(f"not changed: composite.background: cannot read background image: {broken}")
+    assert job.compositor.params.mode == "color"
+    assert reply_to(f"background {video}") == f"composite.background = {video}"
+    assert reply_to("mode video") == "composite.mode = video"
+    assert reply_to("mode image").startswith("not changed: composite.background: cannot read")
+    assert job.compositor.params.mode == "video"
 
 
 async def test_change_applies_to_the_running_pipeline(job):

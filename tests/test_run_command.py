@@ -424,3 +424,31 @@ def test_a_file_played_live_into_a_recording_keeps_its_sound(tmp_path, lite):
     assert result.returncode == 0, result.stderr
     packets, seconds = count_audio(out)
     assert packets > 0 and seconds == pytest.approx(count_audio(clip)[1], abs=0.05)
+
+
+def test_a_background_that_cannot_be_read_fails_before_the_network_loads(tmp_path, clip):
+    """A bad background used to be found at the first frame, after the network's load (and on a
+    CPU its conversion, minutes for a large one)."""
+    broken = tmp_path / "beach.png"
+    broken.write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not weights: loading them would fail")
+    out = tmp_path / "out.mp4"
+    result = streamer(
+        "run",
+        "--source",
+        clip,
+        "--sink",
+        out,
+        "--mode",
+        "image",
+        "--background",
+        broken,
+        "--weights",
+        weights,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"streamer: error: cannot read background image: {broken} (pass --background PATH to a PNG or JPEG)"
+    )
+    assert not out.exists()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from streamer.errors import MediaError
+from streamer.sources.video import rotation_of, upright
 
 
 def cover(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -27,6 +28,18 @@ def cover(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
     top, left = (new_h - h) // 2, (new_w - w) // 2
     return x[0, :, top : top + h, left : left + w].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
+def probably_video(path: str | Path) -> bool:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            # FFmpeg opens a still (even a broken one) as a one-frame "image2" video.
+            still = container.format.name == "image2" or container.format.name.endswith("_pipe")
+            return bool(container.streams.video) and not still
+    except (av.FFmpegError, OSError):
+        return False
 
 
 class SolidBackground:
@@ -51,9 +64,10 @@ class ImageBackground:
         try:
             self.image = torch.from_numpy(read_rgb(path))
         except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise MediaError(
-                f"cannot read background image: {path} (pass --background PATH to a PNG or JPEG)"
-            ) from err
+            fix = "pass --background PATH to a PNG or JPEG"
+            if Path(path).is_file() and probably_video(path):
+                fix = "it is a video: pass --mode video for a moving background"
+            raise MediaError(f"cannot read background image: {path} ({fix})") from err
         self._cache: dict = {}
 
     def frame(self, h: int, w: int, t: float, device: torch.device) -> torch.Tensor:
@@ -94,7 +108,8 @@ class VideoBackground:
     def _decode_next(self) -> tuple[float, np.ndarray] | None:
         for frame in self._frames:
             when = float(frame.time) if frame.time is not None else 0.0
-            return when, frame.to_ndarray(format="rgb24")
+            # A phone clip is stored sideways, as the video source knows.
+            return when, upright(frame.to_ndarray(format="rgb24"), rotation_of(frame, self._stream))
         return None
 
     def _rewind(self) -> None:

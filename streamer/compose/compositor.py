@@ -22,9 +22,11 @@ from streamer.compose.edges import shape_alpha
 from streamer.compose.foreground import estimate_foreground
 from streamer.compose.foreground_tiles import estimate_foreground_u8
 from streamer.config import Colour, FieldProblem, Maybe, Number, Params, Whole, shorten
+from streamer.errors import ConfigError, MediaError
 
 MODES = ("matte", "rgba", "color", "image", "video", "blur")
 CHANNELS = {"matte": 1, "rgba": 4}
+BACKGROUNDS = {"color": SolidBackground, "image": ImageBackground, "video": VideoBackground}
 
 
 class CompositeParams(Params):
@@ -72,6 +74,22 @@ def _is_file(path: str) -> bool:
         return False
 
 
+def check_background(p: CompositeParams, current: CompositeParams | None = None) -> None:
+    """Reads `p`'s background file once unless `current` already shows it, so that a live change
+    to a file that cannot be read is refused (ConfigError, nothing changed) instead of ending the
+    stream at its next frame. The frame path loads it again: it may be a video in use elsewhere."""
+    if p.mode not in ("image", "video"):
+        return
+    if current is not None and (current.mode, current.background) == (p.mode, p.background):
+        return
+    try:
+        background = BACKGROUNDS[p.mode](p.background)
+    except MediaError as err:
+        raise ConfigError(f"composite.background: {err}") from None
+    if hasattr(background, "close"):
+        background.close()
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
@@ -89,14 +107,21 @@ class Compositor:
 
     def background(self, h: int, w: int, t: float, p: CompositeParams | None = None) -> torch.Tensor:
         p = p or self.params
+        self.open_background(p)
+        return self._background.frame(h, w, t, self.device)
+
+    def open_background(self, p: CompositeParams | None = None) -> None:
+        """Loads `p`'s background picture or video unless it is the one loaded. Called before a job's
+        network loads, so a file that cannot be read is reported at once, not after minutes."""
+        p = p or self.params
+        if p.mode not in BACKGROUNDS:
+            return
         key = (p.mode, p.color if p.mode == "color" else p.background)
         if key != self._background_key:
             if hasattr(self._background, "close"):
                 self._background.close()
-            kind = {"color": SolidBackground, "image": ImageBackground, "video": VideoBackground}[p.mode]
-            self._background = kind(p.color if p.mode == "color" else p.background)
+            self._background = BACKGROUNDS[p.mode](p.color if p.mode == "color" else p.background)
             self._background_key = key
-        return self._background.frame(h, w, t, self.device)
 
     def __call__(self, image: torch.Tensor, alpha: torch.Tensor, t: float) -> torch.Tensor:
         """image uint8 (H, W, 3), alpha float (H, W) -> uint8 (H, W, C) on the CPU."""

@@ -26,6 +26,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
+from streamer.compose.compositor import check_background
 from streamer.config import merge_params
 from streamer.frame import Frame
 from streamer.live.core import LiveStream, Settings
@@ -179,6 +180,7 @@ class PeerSession:
             merge_params(smoother.params, "smoothing", smoothing or {}) if smoother is not None else None
         )
         new_propagation = merge_params(settings.params, "propagation", propagation or {})
+        check_background(new_composite, compositor.params)
         compositor.params = new_composite
         if smoother is not None:
             smoother.params = new_smoothing
