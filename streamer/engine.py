@@ -95,6 +95,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def engine_device(params: EngineParams) -> torch.device:
+    """The device `params`' engine runs on (OpenVINO asked for by name runs on the CPU)."""
+    if params.backend == "openvino" and params.device == "auto":
+        return torch.device("cpu")
+    return resolve_device(params.device)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -161,8 +168,7 @@ class MattingEngine:
         """The engine of `params`; `state` (a checked state dict) stands in for reading `params.weights`."""
         from streamer.model.weights import load_model, model_from_state
 
-        explicit_openvino = params.backend == "openvino" and params.device == "auto"
-        device = torch.device("cpu") if explicit_openvino else resolve_device(params.device)
+        device = engine_device(params)
         backend = choose_backend(params.backend, device.type, params.dtype, params.compile)
         dtype = resolve_dtype(params.dtype, device)
         if state is None:

@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from streamer.config import JobConfig, merge_params, update_params
+from streamer.config import JobConfig, default_unset, merge_params, update_params
 from streamer.errors import ConfigError, StreamerError
 
 
@@ -52,6 +52,8 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
 
     source = open_source(args.source, live=args.live, fps=args.fps, width=args.width, height=args.height)
     live = source.info.live if args.live is None else args.live
+    if live:
+        config = with_live_defaults(config)
     config, flatten = with_default_mode(config, args)
     if live and is_file(args.source):
         from streamer.sources.pace import PacedSource
@@ -97,6 +99,25 @@ def carries_alpha(spec: str) -> bool:
         return True
     fmt = FORMATS.get(Path(spec).suffix.lower())
     return fmt is not None and fmt.alpha
+
+
+LIVE_SIZE = (512, 512)
+"""Model size of a live job when none is configured: the native 1024 is too slow for live video."""
+
+
+def with_live_defaults(config: JobConfig) -> JobConfig:
+    """What every live job (`run` from a camera or with `--live`, each `serve` page) uses where
+    no config file or option chose: the network at LIVE_SIZE, and on a CPU no foreground colour
+    estimation, which alone takes about a 30 fps frame's interval there (BENCHMARKS.md, "Live")
+    and would drop every fourth frame."""
+    from streamer.engine import engine_device
+
+    config.sections["model"] = default_unset(config.model, "model", {"size": LIVE_SIZE})
+    if engine_device(config.model).type == "cpu":
+        config.sections["composite"] = default_unset(
+            config.composite, "composite", {"refine_foreground": False}
+        )
+    return config
 
 
 def with_default_mode(config: JobConfig, args: argparse.Namespace) -> tuple[JobConfig, tuple | None]:

@@ -159,3 +159,41 @@ def test_serve_help_states_the_size_it_uses(tmp_path, capsys):
     assert size("--config", str(look_only)) == LIVE_SIZE  # a config that leaves the size alone
     assert size("--config", "live-cpu") == (256, 256)  # ... or sets it
     assert size("--set", "model.size=384") == (384, 384)
+    # On a CPU (this machine) the pages get no foreground estimation unless it is asked for.
+    serve = config_from_args(build_parser().parse_args(["serve", "--device", "cpu"]))
+    assert serve.composite.refine_foreground is False
+    asked = ["serve", "--set", "composite.refine_foreground=true"]
+    assert config_from_args(build_parser().parse_args(asked)).composite.refine_foreground
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_live_jobs_default_to_the_live_size_and_no_foreground_estimation_on_a_cpu(
+    tmp_path, recipe_weights, live
+):
+    """Foreground estimation alone takes about a 30 fps frame's interval on a CPU: a live job that
+    kept it dropped every fourth frame. File jobs keep their own defaults; a choice always wins."""
+    from streamer.cli import build_parser
+    from streamer.commands.run import config_from_args
+    from streamer.job import LIVE_SIZE, build_job
+    from tests.media import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=2, audio=False)
+    model = ["--variant", "lite", "--weights", str(recipe_weights("lite")), "--backend", "torch"]
+
+    def job(*argv):
+        args = build_parser().parse_args(
+            ["run", "--source", str(clip), "--sink", str(tmp_path / "out.mp4"), *model, *argv]
+        )
+        built = build_job(args, config_from_args(args))
+        for sink in built.sinks:
+            sink.close()
+        built.source.close()
+        return built
+
+    played = job("--live" if live else "--no-live")
+    assert played.engine.params.size == (LIVE_SIZE if live else (1024, 1024))
+    assert played.compositor.params.refine_foreground is not live
+    chosen = job(
+        "--live" if live else "--no-live", "--size", "256", "--set", "composite.refine_foreground=true"
+    )
+    assert chosen.engine.params.size == (256, 256) and chosen.compositor.params.refine_foreground

@@ -75,18 +75,20 @@ RUN_OPTIONS = {
 }
 
 
+def config_from_args(args: argparse.Namespace):
+    tables = options.MODEL_OPTIONS, options.LOOK_OPTIONS, RUN_OPTIONS
+    return load_config(args.config, options.overrides_from_args(args, *tables))
+
+
 def run(args: argparse.Namespace) -> int:
     from streamer.job import build_job
 
-    config = load_config(
-        args.config,
-        options.overrides_from_args(args, options.MODEL_OPTIONS, options.LOOK_OPTIONS, RUN_OPTIONS),
-    )
+    config = config_from_args(args)
     if any(s == "webrtc" for s in args.sink):
         if len(args.sink) > 1:
             raise ConfigError("--sink webrtc cannot be combined with other sinks (run it as its own job)")
-        from streamer.commands.serve import with_live_defaults
         from streamer.config import merge_params
+        from streamer.job import with_live_defaults
         from streamer.live.serve import serve
 
         config = with_live_defaults(config)

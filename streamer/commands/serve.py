@@ -12,12 +12,10 @@ import argparse
 import os
 
 from streamer.commands import options
+from streamer.job import LIVE_SIZE, with_live_defaults
 from streamer.live.params import ServeParams
 
 API_KEY_ENV = "STREAMER_API_KEY"
-
-LIVE_SIZE = (512, 512)
-"""Model size when none is configured: the native 1024 is too slow for live video."""
 
 
 def register(subparsers) -> None:
@@ -92,15 +90,6 @@ def config_from_args(args: argparse.Namespace):
     if overrides["serve"].get("api_key") is None and os.environ.get(API_KEY_ENV):
         overrides["serve"]["api_key"] = os.environ[API_KEY_ENV]  # a config file's key still wins
     return with_live_defaults(load_config(args.config, overrides))
-
-
-def with_live_defaults(config):
-    """The live defaults of `serve` (also `run --sink webrtc`): unless a config file or an
-    option sets the size, the model runs at LIVE_SIZE."""
-    from streamer.config import default_unset
-
-    config.sections["model"] = default_unset(config.model, "model", {"size": LIVE_SIZE})
-    return config
 
 
 def run(args: argparse.Namespace) -> int:
