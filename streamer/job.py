@@ -108,8 +108,8 @@ LIVE_SIZE = (512, 512)
 def with_live_defaults(config: JobConfig) -> JobConfig:
     """What every live job (`run` from a camera or with `--live`, each `serve` page) uses where
     no config file or option chose: the network at LIVE_SIZE, and on a CPU no foreground colour
-    estimation, which alone takes about a 30 fps frame's interval there (BENCHMARKS.md, "Live")
-    and would drop every fourth frame."""
+    estimation, which takes a quarter to half of a 30 fps frame's interval there at 640x480 to
+    1280x720 on the cores the network needs, and more on a soft matte (BENCHMARKS.md, "Live")."""
     from streamer.engine import engine_device
 
     config.sections["model"] = default_unset(config.model, "model", {"size": LIVE_SIZE})
