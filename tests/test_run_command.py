@@ -434,19 +434,8 @@ def test_a_background_that_cannot_be_read_fails_before_the_network_loads(tmp_pat
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"not weights: loading them would fail")
     out = tmp_path / "out.mp4"
-    result = streamer(
-        "run",
-        "--source",
-        clip,
-        "--sink",
-        out,
-        "--mode",
-        "image",
-        "--background",
-        broken,
-        "--weights",
-        weights,
-    )
+    look = ["--mode", "image", "--background", broken]
+    result = streamer("run", "--source", clip, "--sink", out, *look, "--weights", weights)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"streamer: error: cannot read background image: {broken} (pass --background PATH to a PNG or JPEG)"
