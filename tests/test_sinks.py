@@ -242,6 +242,29 @@ def test_other_time_bases_keep_relative_timing(tmp_path, suffix, timing):
     np.testing.assert_allclose(got, [float((p - pts[0]) * tb) for p in pts], atol=0.0011)
 
 
+AUDIO_SOURCES = {
+    "opus": ("libopus", ".webm"),
+    "flac": ("flac", ".mkv"),
+    "aac": ("aac", ".mp4"),
+    "pcm": ("pcm_s16le", ".mov"),
+}
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".webm", ".mkv"])
+@pytest.mark.parametrize("kind", AUDIO_SOURCES)
+def test_every_sound_reaches_every_container(tmp_path, kind, suffix):
+    """MOV's muxer refuses Opus and FLAC (MP4 only) though it lists them: a browser's WebM with Opus
+    into the README's ProRes .mov failed the whole job at the end. A codec the container takes is
+    copied, any other re-encoded."""
+    codec, source_suffix = AUDIO_SOURCES[kind]
+    clip = make_clip(tmp_path / f"src{source_suffix}", frames=10, audio_codec=codec)
+    out = tmp_path / f"out{suffix}"
+    transcode(clip, out)
+    assert len(read_video(out)[0]) == 10
+    packets, duration = count_audio(out)
+    assert packets > 0 and duration == pytest.approx(count_audio(clip)[1], abs=AUDIO_PACKET_S)
+
+
 def test_no_audio_when_turned_off_or_absent(vfr_clip, tmp_path):
     transcode(vfr_clip, tmp_path / "mute.mp4", audio=False)
     assert count_audio(tmp_path / "mute.mp4") == (0, 0.0)

@@ -9,6 +9,8 @@ audio moves back with the video, and packets that end before it are dropped.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Iterator
 
@@ -21,6 +23,24 @@ log = logging.getLogger(__name__)
 
 TRANSCODE_TO = {"webm": "libopus", "mp4": "aac", "mov": "aac", "matroska": "libopus"}
 """Audio codec used when the source's codec does not fit the container."""
+
+
+def muxer_takes(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream) -> bool:
+    """Whether `out`'s muxer takes a copy of `stream`. `supported_codecs` also lists codecs that a
+    muxer refuses in some of its modes (Opus and FLAC are MP4-only, not MOV), and the refusal would
+    come at the header, failing the whole job; so a throwaway muxer of the same format writes one."""
+    if stream.codec_context.name not in out.supported_codecs:
+        return False
+    probe = av.open(io.BytesIO(), "w", format=out.format.name)
+    try:
+        probe.add_stream_from_template(stream)
+        probe.start_encoding()
+        return True
+    except (av.error.FFmpegError, ValueError):
+        return False
+    finally:
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
+            probe.close()
 
 
 class AudioCarrier:
@@ -36,7 +56,7 @@ class AudioCarrier:
         """`origin` in the source's audio time base."""
         self._out = out
         codec = self._in_stream.codec_context.name
-        self.copy = codec in out.supported_codecs
+        self.copy = muxer_takes(out, self._in_stream)
         self._bsf = None
         if self.copy:
             self._out_stream = out.add_stream_from_template(self._in_stream)
