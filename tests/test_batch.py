@@ -147,6 +147,35 @@ def test_no_ray_says_how_to_install(tmp_path):
     assert len(lines) == 1 and "pip install" in lines[0] and "[cluster]" in lines[0], done.stderr
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_an_output_folder_holding_the_inputs_is_refused(tmp_path, capsys, overwrite):
+    """`-o` the clips' own folder replaced them with --overwrite, and without it took each clip
+    for its finished output ("skipped (done)"): refused before the weights are read."""
+    clips = tmp_path / "footage"
+    clips.mkdir()
+    clip = make_clip(clips / "take1.mp4", frames=2, audio=False)
+    before = clip.read_bytes()
+    weights = tmp_path / "never-read.safetensors"  # not weights: reading them would fail
+    weights.write_bytes(b"x")
+    argv = [
+        "batch",
+        str(clips),
+        "-o",
+        str(clips),
+        "--sink-format",
+        "mp4",
+        "--weights",
+        str(weights),
+        *overwrite,
+    ]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"streamer: error: output {clips / 'take1.mp4'} is the input {clip}: writing it would destroy "
+        "the source (choose another --out-dir)"
+    )
+    assert clip.read_bytes() == before and sorted(clips.iterdir()) == [clip]
+
+
 def test_a_damaged_clip_is_an_error_not_a_short_output(tmp_path, lite_config):
     config, engine = lite_config
     src = make_clip(tmp_path / "c.mp4", frames=6, size=(64, 48), audio=False)

@@ -25,6 +25,7 @@ from streamer.batch.inputs import Clip, output_path, partial_path
 from streamer.batch.plan import Probe, Task, plan_key, probe, split, warmup_frames
 from streamer.config import JobConfig
 from streamer.errors import ConfigError
+from streamer.sinks.paths import refuse_input_as_output
 
 RESTARTS = 3
 """A worker process that dies is restarted (and its task re-run) up to this many times."""
@@ -225,6 +226,13 @@ def plan_clips(
         joins[i] = (parts, info)
     tasks.sort(key=lambda t: -t.frames)  # longest first: the last task to start is a short one
     return tasks, results, joins
+
+
+def refuse_inputs_as_outputs(clips: list[Clip], out_dir: Path, fmt: str) -> None:
+    """Raises MediaError when a clip's output would be an input: with --overwrite it would be
+    replaced, without it taken for its own finished output and skipped."""
+    finals = [output_path(out_dir, c.name, fmt) for c in clips]
+    refuse_input_as_output(finals, [c.source for c in clips], "choose another --out-dir")
 
 
 def run_batch(clips: list[Clip], config: JobConfig, state: dict, weights: str, options: BatchOptions) -> int:

@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from streamer.model.weights import check_architecture, read_state_dict, resolve_weights
 
     clips = name_clips(expand_inputs(args.inputs))
+    from streamer.batch.driver import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs(clips, args.out_dir, args.sink_format)  # before any work
     # Resolved and read once, here: workers get the tensors through Ray's object store.
     weights = resolve_weights(config.model.weights, config.model.variant)
     state = read_state_dict(weights)

@@ -96,15 +96,18 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def refuse_input_as_output(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+def refuse_input_as_output(
+    outputs: Iterable[str | os.PathLike],
+    inputs: Iterable[str | os.PathLike],
+    fix: str = "choose another output name",
+) -> None:
     """One line, before any work, when an output would overwrite an input (even with --overwrite)."""
     inputs = list(inputs)
     for output in outputs:
         for source in inputs:
             if same_file(output, source):
                 raise MediaError(
-                    f"output {output} is the input {source}: writing it would destroy the source "
-                    "(choose another output name)"
+                    f"output {output} is the input {source}: writing it would destroy the source ({fix})"
                 )
 
 
