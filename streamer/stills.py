@@ -31,7 +31,16 @@ def upright_rgb(picture: Image.Image) -> np.ndarray:
     return np.array(picture.convert("RGB"))
 
 
+class TooLarge(ValueError):
+    """A picture over Pillow's size limit (which guards against decompression bombs)."""
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """`upright_rgb` of a file; Pillow's own errors (missing, unreadable, damaged) pass through."""
-    with Image.open(path) as picture:
-        return upright_rgb(picture)
+    """`upright_rgb` of a file. Pillow's own errors (missing, unreadable, damaged) pass through;
+    a picture over its size limit raises TooLarge, a ValueError, not Pillow's bare Exception."""
+    try:
+        with Image.open(path) as picture:
+            return upright_rgb(picture)
+    except Image.DecompressionBombError as err:
+        size = str(err).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise TooLarge(f"{path} is too large to read: {size} (scale it down)") from None

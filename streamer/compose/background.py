@@ -59,10 +59,12 @@ class ImageBackground:
     def __init__(self, path: str | Path):
         from PIL import UnidentifiedImageError
 
-        from streamer.stills import read_rgb
+        from streamer.stills import TooLarge, read_rgb
 
         try:
             self.image = torch.from_numpy(read_rgb(path))
+        except TooLarge as err:
+            raise MediaError(f"background image {err}") from None
         except (OSError, UnidentifiedImageError, ValueError) as err:
             fix = "pass --background PATH to a PNG or JPEG"
             if Path(path).is_file() and probably_video(path):

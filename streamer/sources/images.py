@@ -26,7 +26,7 @@ from streamer.config import Number, Params
 from streamer.errors import MediaError
 from streamer.frame import Frame
 from streamer.sources.base import InputDamage, SourceInfo
-from streamer.stills import read_rgb
+from streamer.stills import TooLarge, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def load_rgb(path: Path) -> np.ndarray:
         return read_rgb(path)
     except FileNotFoundError as err:
         raise MediaError(f"input not found: {path} (check the path)") from err
+    except TooLarge as err:
+        raise MediaError(str(err)) from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise MediaError(f"cannot read image {path}: not an image or damaged (remove or replace it)") from err
 
