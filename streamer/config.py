@@ -330,6 +330,10 @@ def load_yaml(path: Path) -> dict[str, dict[str, Any]]:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML (check indentation and colons)") from None
+    except RecursionError:  # PyYAML builds nested lists and maps by recursion
+        raise ConfigError(
+            f"{path}: nested too deeply to be a config (sections of 'key: value' lines)"
+        ) from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{path}: expected sections like 'composite:' each holding 'key: value' lines")
     return data

@@ -110,6 +110,7 @@ def test_config_file_and_overrides(tmp_path):
         ("output: [1, 2\n", "is not valid YAML"),
         ("outptu:\n  crf: 1\n", "unknown section 'outptu'"),
         ("- a\n- b\n", "expected sections like"),
+        ("x: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to be a config"),
     ],
 )
 def test_bad_config_files(tmp_path, text, message):
