@@ -122,6 +122,20 @@ def test_a_phone_clip_background_is_upright(tmp_path):
     np.testing.assert_allclose(shown.numpy() * 255, np.rot90(stored, -1), atol=0.01)
 
 
+def test_a_damaged_background_video_plays_past_the_damage(tmp_path):
+    """A packet that does not decode used to end the job at that frame ("finish stage failed")."""
+    clip = make_clip(tmp_path / "waves.mp4", frames=60, size=(320, 240), audio=False)
+    data = bytearray(clip.read_bytes())
+    third = len(data) // 3
+    data[third : third + 3000] = bytes((b * 7 + 13) % 256 for b in data[third : third + 3000])
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    background = VideoBackground(damaged)
+    shown = [background.frame(64, 96, i / 25, torch.device("cpu")) for i in range(80)]  # past the end: loops
+    background.close()
+    assert all(picture.shape == (64, 96, 3) for picture in shown)
+
+
 def test_blur_does_not_smear_the_subject_into_the_background():
     image, alpha = subject()
     out = compose(image, alpha, mode="blur", blur_radius=8, refine_foreground=False)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from streamer.errors import MediaError
-from streamer.sources.video import rotation_of, upright
+from streamer.sources.video import VideoSource, VideoSourceParams
 
 
 def cover(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -80,39 +80,29 @@ class ImageBackground:
 
 
 class VideoBackground:
-    """Decodes lazily, in presentation order, on the caller's thread; loops by time."""
+    """Decodes lazily, in presentation order, on the caller's thread; loops by time. The frames are
+    the video source's: upright, and a packet that does not decode is skipped, not the job ended."""
 
     def __init__(self, path: str | Path):
-        import av
-
         self.path = str(path)
-        try:
-            self._container = av.open(self.path)
-            self._stream = self._container.streams.video[0]
-        except (av.FFmpegError, IndexError, OSError) as err:
-            raise MediaError(
-                f"cannot read background video: {path} (pass --background PATH to a video file)"
-            ) from err
         self.duration: float | None = None
+        self._source = self._frames = None
         self._restart()
         self._current: tuple[float, np.ndarray] | None = None
         self._next = self._decode_next()
-        if self._next is None:
-            raise MediaError(
-                f"background video has no frames: {path} (pass --background PATH to another video)"
-            )
         self._cache: tuple | None = None
 
     def _restart(self) -> None:
-        self._container.seek(0)
-        self._frames = self._container.decode(self._stream)
+        self.close()
+        try:
+            self._source = VideoSource(self.path, VideoSourceParams(live=False))
+        except MediaError as err:
+            raise MediaError(f"background video: {err}") from None
+        self._frames = self._source.frames()
 
     def _decode_next(self) -> tuple[float, np.ndarray] | None:
-        for frame in self._frames:
-            when = float(frame.time) if frame.time is not None else 0.0
-            # A phone clip is stored sideways, as the video source knows.
-            return when, upright(frame.to_ndarray(format="rgb24"), rotation_of(frame, self._stream))
-        return None
+        frame = next(self._frames, None)
+        return None if frame is None else (frame.time, frame.image.numpy())
 
     def _rewind(self) -> None:
         self._restart()
@@ -127,8 +117,7 @@ class VideoBackground:
             self._current, self._next = self._next, self._decode_next()
         if self._next is None and self.duration is None:
             # End reached: the loop length is the last frame's time plus one frame.
-            rate = float(self._stream.average_rate or 25)
-            self.duration = self._current[0] + 1.0 / rate
+            self.duration = self._current[0] + 1.0 / (self._source.info.fps or 25)
             if t >= self.duration:
                 self._rewind()
                 return self._at(t)
@@ -142,4 +131,7 @@ class VideoBackground:
         return self._cache[1]
 
     def close(self) -> None:
-        self._container.close()
+        if self._frames is not None:
+            self._frames.close()  # the source's decoder is released as its iterator ends
+        if self._source is not None:
+            self._source.close()
