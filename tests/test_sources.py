@@ -305,3 +305,16 @@ def test_bad_webcam_spec_is_config_error():
 )
 def test_kind_of_spec(spec, kind):
     assert kind_of(spec) == kind
+
+
+def test_a_folder_of_clips_points_to_batch(tmp_path):
+    make_clip(tmp_path / "take1.mp4", frames=2, audio=False)
+    with pytest.raises(MediaError) as excinfo:
+        open_source(str(tmp_path))
+    assert one_line_error(excinfo) == (
+        f"{tmp_path} holds videos, not images: matte each with `streamer batch {tmp_path} -o OUT_DIR`"
+    )
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    (tmp_path / "take1.mp4").unlink()
+    with pytest.raises(MediaError, match="no images found in"):
+        open_source(str(tmp_path))

@@ -58,6 +58,12 @@ def list_images(spec: str) -> list[Path]:
         paths = [Path(spec)]
     images = sorted((p for p in paths if is_image(p) and p.is_file()), key=natural_key)
     if not images:
+        from streamer.batch.inputs import VIDEO_SUFFIXES
+
+        if any(p.suffix.lower() in VIDEO_SUFFIXES for p in paths):
+            raise MediaError(
+                f"{spec} holds videos, not images: matte each with `streamer batch {spec} -o OUT_DIR`"
+            )
         kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
         raise MediaError(f"no images found in {spec} (expected files ending in {kinds})")
     return images
