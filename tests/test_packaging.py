@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _distribution(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group()).lower()
+
+
+def test_every_library_the_package_imports_is_declared():
+    # A library present on the developer's machine but missing from pyproject breaks
+    # `pip install -e .` on a fresh one: `streamer` imports every command at start.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        _distribution(r) for r in project["dependencies"] + project["optional-dependencies"]["cluster"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for path in (ROOT / "streamer").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in (m.partition(".")[0] for m in modules):
+                if module in sys.stdlib_module_names or module == "streamer":
+                    continue
+                dists = {_distribution(d) for d in providers.get(module, [module])}
+                if not dists & declared:
+                    undeclared.setdefault(module, set()).add(path.relative_to(ROOT).as_posix())
+    assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
 
 
 @pytest.mark.slow
