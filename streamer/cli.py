@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except StreamerError as err:
+        if err.__cause__ is not None:
+            # The "run with -v for details" that a wrapped error promises.
+            logging.getLogger("streamer").debug("what led to the error:", exc_info=err)
         print(f"streamer: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

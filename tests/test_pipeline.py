@@ -163,6 +163,39 @@ async def test_sink_error_stops_the_pipeline():
     assert source.closed.is_set()
 
 
+async def test_a_sink_failing_again_as_it_closes_does_not_hide_the_first_error():
+    class FullDisk(ListSink):
+        def write(self, frame):
+            if frame.index == 3:
+                raise OSError("no space left while writing")
+            super().write(frame)
+
+        def close(self):
+            super().close()
+            raise OSError("no space left for the trailer")
+
+    other = ListSink()
+    with pytest.raises(StageError) as info:
+        await Pipeline(ListSource(make_frames(10)), [FnStage("infer")], [other, FullDisk()], live=False).run()
+    assert "sink FullDisk stage failed: OSError: no space left while writing" in str(info.value)
+    assert str(info.value.__cause__) == "no space left while writing"  # what -v shows
+    assert other.closed == 1
+
+
+async def test_a_sink_failing_to_close_after_a_whole_run_is_reported_by_its_name():
+    class NoTrailer(ListSink):
+        def close(self):
+            super().close()
+            raise OSError("no space left for the trailer")
+
+    first, failing = ListSink(), NoTrailer()
+    with pytest.raises(
+        StageError, match="sink NoTrailer stage failed: OSError: no space left for the trailer"
+    ):
+        await Pipeline(ListSource(make_frames(5)), [FnStage("infer")], [first, failing], live=False).run()
+    assert len(first.frames) == len(failing.frames) == 5 and first.closed == 1
+
+
 async def test_stop_drains_in_flight_frames_and_closes_sinks():
     sink = ListSink()
     pipe = Pipeline(

@@ -387,3 +387,28 @@ def test_png_sequence_removes_half_written_images_of_a_killed_run(vfr_clip, tmp_
     sink = transcode(vfr_clip, f"{tmp_path}/f_%05d.png", stop_after=2)
     assert sink.frames_written == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f_00000.png", "f_00001.png", "notes.partial"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_full_disk_is_one_line_error_while_writing_and_closing(vfr_clip, tmp_path, suffix):
+    # /dev/full answers every write with ENOSPC: a real full disk, under the name being written.
+    out = tmp_path / f"a{suffix}"
+    source = open_source(str(vfr_clip))
+    sink = open_sink(out, info=source.info)
+    (tmp_path / f"a.partial{suffix}").symlink_to("/dev/full")
+    errors = []
+    for frame in source.frames():
+        frame.output = frame.image
+        try:
+            sink.write(frame)
+        except MediaError as err:
+            errors.append(err)
+            break
+    with pytest.raises(MediaError) as closing:
+        sink.close()
+    # The container's own trailer fails too, after the flush: the flush's error is the one told.
+    assert "check the free disk space" in one_line_error(closing)
+    assert closing.value.__cause__ is not None
+    assert all("check the free disk space" in str(err) for err in errors)
+    assert not out.exists()

@@ -111,6 +111,7 @@ class Pipeline:
         self.stats.queues = hops + sink_queues
         self.stats.droppers = [stage for stage in self.stages if hasattr(stage, "dropped")]
         self.stats.start()
+        finished = False
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read_source(loop, executor("source"), hops[0]))
@@ -126,15 +127,18 @@ class Pipeline:
                     zip(self.sinks, sink_queues, sink_executors, strict=True)
                 ):
                     group.create_task(self._write_sink(loop, ex, i, sink, queue))
+            finished = True
         except BaseExceptionGroup as group_err:
             first = group_err.exceptions[0]
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            raise first from None
+            # Out of the group, keeping the cause that -v shows.
+            raise first from first.__cause__
         finally:
             self._stop.set()
             self.source.close()
-            await self._close_sinks(loop, sink_executors)
+            # After a failure, a sink that cannot close either (a full disk) must not hide why.
+            await self._close_sinks(loop, sink_executors, report=finished)
             for ex in executors:
                 ex.shutdown(wait=False, cancel_futures=True)
             self.stats.finish()
@@ -231,16 +235,17 @@ class Pipeline:
             if self.on_frame is not None and index == 0:
                 self.on_frame(item)
 
-    async def _close_sinks(self, loop, sink_executors) -> None:
-        errors: list[BaseException] = []
+    async def _close_sinks(self, loop, sink_executors, *, report: bool) -> None:
+        errors: list[tuple[Sink, Exception]] = []
         for sink, ex in zip(self.sinks, sink_executors, strict=True):
             # Closing in the sink's own thread queues it behind a write still in progress.
             try:
                 await asyncio.shield(loop.run_in_executor(ex, sink.close))
             except Exception as err:  # keep closing the others: each output must stay playable
                 log.warning("closing %s failed: %s", type(sink).__name__, err)
-                errors.append(err)
+                errors.append((sink, err))
             except asyncio.CancelledError:
                 sink.close()
-        if errors and not isinstance(errors[0], asyncio.CancelledError):
-            raise _stage_error(f"sink {type(self.sinks[0]).__name__}", errors[0])
+        if report and errors:
+            sink, err = errors[0]
+            raise _stage_error(f"sink {type(sink).__name__}", err) from err

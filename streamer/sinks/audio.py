@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import av
 import av.bitstream
@@ -44,7 +44,15 @@ def muxer_takes(out: av.container.OutputContainer, stream: av.audio.stream.Audio
 
 
 class AudioCarrier:
-    def __init__(self, source: str, out: av.container.OutputContainer, origin: float = 0.0) -> None:
+    def __init__(
+        self,
+        source: str,
+        out: av.container.OutputContainer,
+        origin: float = 0.0,
+        mux: Callable[[av.Packet | list[av.Packet]], None] | None = None,
+    ) -> None:
+        """`mux` writes packets into `out` (default `out.mux`): a sink passes its own, so that a
+        full disk reads the same whether a video or an audio packet met it."""
         try:
             self._input = av.open(source)
         except (av.error.FFmpegError, OSError) as err:
@@ -54,7 +62,7 @@ class AudioCarrier:
         self._in_stream = self._input.streams.audio[0]
         self._shift = round(origin / self._in_stream.time_base)
         """`origin` in the source's audio time base."""
-        self._out = out
+        self._write = mux or out.mux
         codec = self._in_stream.codec_context.name
         self.copy = muxer_takes(out, self._in_stream)
         self._bsf = None
@@ -104,17 +112,17 @@ class AudioCarrier:
         if self.copy:
             for out_packet in self._bsf.filter(packet) if self._bsf is not None else [packet]:
                 out_packet.stream = self._out_stream
-                self._out.mux(out_packet)
+                self._write(out_packet)
             return
         for frame in packet.decode():
-            self._out.mux(self._out_stream.encode(frame))
+            self._write(self._out_stream.encode(frame))
 
     def finish(self, until: float) -> None:
         """Mux the audio up to the end of the last video frame, flush, and close the source."""
         try:
             self.advance(until)
             if not self.copy:
-                self._out.mux(self._out_stream.encode(None))
+                self._write(self._out_stream.encode(None))
         finally:
             self._done = True
             self._input.close()

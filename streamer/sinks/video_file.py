@@ -18,6 +18,7 @@ such a leftover as `out.interrupted.mp4` and starts afresh (see `paths.keep_inte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -196,7 +197,7 @@ class VideoFileSink:
             self._stream = self._add_video(width, height, channels)
             if self.params.audio and self.info.audio_path:
                 self._audio = AudioCarrier(
-                    self.info.audio_path, self._out, origin=self._seconds(self._origin)
+                    self.info.audio_path, self._out, origin=self._seconds(self._origin), mux=self._mux
                 )
         except BaseException:
             # Nothing was written yet: leave no header-less file behind.
@@ -288,8 +289,15 @@ class VideoFileSink:
                     self._mux(self._stream.encode(None))
                     if self._audio is not None and self._last_pts is not None:
                         self._audio.finish(self._seconds(self._last_pts + self._last_step))
-                finally:
+                except BaseException:
+                    # The trailer will fail the same way (a full disk): report the first error.
+                    with contextlib.suppress(av.error.FFmpegError, OSError):
+                        self._out.close()
+                    raise
+                try:
                     self._out.close()
+                except (av.error.FFmpegError, OSError) as err:
+                    raise MediaError(f"cannot finish {self.path}: {err} (check the free disk space)") from err
                 # Complete: only now does the output take its name (replacing an old one
                 # only with --overwrite, checked when the sink was opened).
                 os.replace(self.partial, self.path)
