@@ -198,3 +198,41 @@ def test_live_jobs_default_to_the_live_size_and_no_foreground_estimation_on_a_cp
         "--live" if live else "--no-live", "--size", "256", "--set", "composite.refine_foreground=true"
     )
     assert chosen.engine.params.size == (256, 256) and chosen.compositor.params.refine_foreground
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--source", "", "--sink", "o.mp4"],
+        ["run", "--source", "a.mp4", "--sink", " "],
+        ["run", "--source", "a.mp4", "--sink", "o.mp4", "--config", ""],
+        ["run", "--source", "a.mp4", "--sink", "o.mp4", "--weights", ""],
+        ["run", "--source", "a.mp4", "--sink", "o.mp4", "--mode", "image", "--background", ""],
+        ["image", "", "-o", "out"],
+        ["image", "a.png", "-o", ""],
+        ["batch", "a.mp4", "", "-o", "out"],
+        ["batch", "a.mp4", "-o", ""],
+        ["batch", "a.mp4", "-o", "out", "--report", ""],
+        ["eval", "--images", "", "--masks", "gt"],
+        ["eval", "--predictions", "p", "--masks", ""],
+        ["eval", "--predictions", "p", "--masks", "gt", "--sheet", ""],
+        ["serve", "--source", ""],
+        ["serve", "--backgrounds", ""],
+    ],
+)
+def test_an_empty_name_is_refused_not_read_as_the_current_folder(argv, capsys):
+    # `--source "$CAM"` with CAM unset: a path library reads "" as ".", and the job would then
+    # matte (or write into) whatever folder the user stands in.
+    from streamer.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert "is empty (an unset shell variable?)" in capsys.readouterr().err
+
+
+def test_the_current_folder_named_as_such_is_still_taken():
+    from streamer.cli import build_parser
+
+    args = build_parser().parse_args(["batch", ".", "-o", "."])
+    assert args.inputs == ["."] and str(args.out_dir) == "."

@@ -8,7 +8,6 @@ see the inputs and OUT_DIR at the same paths. Finished outputs are skipped on a 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from streamer.commands import options
 from streamer.config import load_config
@@ -26,9 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="video files or URLs, folders, globs, .txt lists"
+        "inputs",
+        nargs="+",
+        type=options.named,
+        metavar="INPUT",
+        help="video files or URLs, folders, globs, .txt lists",
     )
-    p.add_argument("-o", "--out-dir", required=True, type=Path, help="folder for the outputs (created)")
+    p.add_argument(
+        "-o", "--out-dir", required=True, type=options.named_path, help="folder for the outputs (created)"
+    )
     p.add_argument(
         "--sink-format",
         choices=("mov", "webm", "mp4", "png"),
@@ -60,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1000,
         help="clips longer than this are split at keyframes into segments of about this many frames",
     )
-    cluster.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
+    cluster.add_argument(
+        "--report", type=options.named_path, help="also write the summary as JSON to this file"
+    )
     p.set_defaults(handler=run)
 
 

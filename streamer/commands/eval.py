@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from streamer.commands.image import IMAGE_SUFFIXES, add_engine_options, build_engine, read_image, write_image
+from streamer.commands.options import named
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.evaluate import METRICS, Evaluation, fit_to_truth, format_summary
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
@@ -37,11 +38,17 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n")[0],
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", help="folder of input images: the network makes the mattes")
-    source.add_argument("--predictions", help="folder of mattes made elsewhere (grey, or RGBA: alpha)")
-    p.add_argument("--masks", required=True, help="folder of ground-truth mattes (matched by file stem)")
-    p.add_argument("--report", help="write the figures, per-image scores and settings as JSON here")
-    p.add_argument("--sheet", help="write a PNG contact sheet of the worst images here")
+    source.add_argument("--images", type=named, help="folder of input images: the network makes the mattes")
+    source.add_argument(
+        "--predictions", type=named, help="folder of mattes made elsewhere (grey, or RGBA: alpha)"
+    )
+    p.add_argument(
+        "--masks", required=True, type=named, help="folder of ground-truth mattes (matched by file stem)"
+    )
+    p.add_argument(
+        "--report", type=named, help="write the figures, per-image scores and settings as JSON here"
+    )
+    p.add_argument("--sheet", type=named, help="write a PNG contact sheet of the worst images here")
     p.add_argument("--worst", type=int, default=5, help="how many worst images to list (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report or sheet")
     add_engine_options(p)

@@ -34,8 +34,20 @@ def register(subparsers) -> None:
         help="remove the background of still images (mask, cut-out or composite)",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs ('shots/*.jpg')")
-    p.add_argument("-o", "--output", required=True, help="output folder, or a file name for a single input")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=options.named,
+        metavar="INPUT",
+        help="image files, folders or globs ('shots/*.jpg')",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=options.named,
+        help="output folder, or a file name for a single input",
+    )
     p.add_argument(
         "--format",
         choices=tuple(FORMATS),

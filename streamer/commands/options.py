@@ -7,6 +7,7 @@ option is on the command line: defaults < config file < options.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from streamer.config import parse_assignment
 
@@ -44,9 +45,21 @@ LOOK_OPTIONS = {
 }
 
 
+def named(text: str) -> str:
+    """argparse type of a file, folder or URL argument: an empty one (an unset shell variable in
+    `--source "$CAM"`) is refused, where a path library would read it as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?): name a file, folder or URL")
+    return text
+
+
+def named_path(text: str) -> Path:
+    return Path(named(text))
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", help="YAML file or preset name (see `streamer presets`; options override it)"
+        "--config", type=named, help="YAML file or preset name (see `streamer presets`; options override it)"
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config value"
@@ -63,7 +76,7 @@ def add_model_options(
     from streamer.model import VARIANTS
 
     group.add_argument("--variant", choices=tuple(VARIANTS), help="network (default portrait)")
-    group.add_argument("--weights", help="local .safetensors/.pth file or Hugging Face repo id")
+    group.add_argument("--weights", type=named, help="local .safetensors/.pth file or Hugging Face repo id")
     group.add_argument(
         "--size", help=size_help or f"network input size HxW, multiples of 32 (default {default_size})"
     )
@@ -85,7 +98,7 @@ def add_look_options(parser: argparse.ArgumentParser, title: str = "compositing 
     group = parser.add_argument_group(title)
     group.add_argument("--mode", help="matte, rgba, color, image, video or blur")
     group.add_argument("--color", help="background colour for --mode color, e.g. green or '#00ff00'")
-    group.add_argument("--background", help="background image or video for --mode image/video")
+    group.add_argument("--background", type=named, help="background image or video for --mode image/video")
     group.add_argument("--blur", help="background blur radius in pixels for --mode blur")
     group.add_argument("--mirror", action="store_true", default=None, help="flip horizontally (webcams)")
     group.add_argument("--smoothing", choices=("on", "off"), help="temporal smoothing of the matte")

@@ -26,12 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument(
-        "--source", required=True, help="video file or URL, image folder or glob, webcam:N, /dev/videoN"
+        "--source",
+        required=True,
+        type=options.named,
+        help="video file or URL, image folder or glob, webcam:N, /dev/videoN",
     )
     p.add_argument(
         "--sink",
         action="append",
         required=True,
+        type=options.named,
         help="output: a path (.mp4 .mov .webm .mkv, frames/%%05d.png), 'vcam' or 'webrtc'; repeat for several",
     )
     options.add_config_options(p)

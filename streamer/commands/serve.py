@@ -29,11 +29,14 @@ def register(subparsers) -> None:
     parser.add_argument("--host", help=f"address to listen on (default: {defaults.host})")
     parser.add_argument("--port", help=f"port (default: {defaults.port})")
     parser.add_argument(
-        "--source", help="preview this server-side input (FILE, webcam:N, image folder) instead of the camera"
+        "--source",
+        type=options.named,
+        help="preview this server-side input (FILE, webcam:N, image folder) instead of the camera",
     )
     parser.add_argument(
         "--backgrounds",
         metavar="FOLDER",
+        type=options.named,
         help="a folder of pictures and videos the page may pick as backgrounds, by name (requests never name server files)",
     )
     parser.add_argument(
