@@ -305,7 +305,7 @@ def check_webcams(devices: list[VideoDevice] | None = None, system: str | None =
     system = system or platform.system()
     fix = "plug in a camera, or use a video file or the browser camera (streamer serve)"
     if system != "Linux":
-        return Check("webcam", OK, f"not listed on {system}; `--source 0` opens the first camera")
+        return Check("webcam", OK, f"not listed on {system}; `--source webcam:0` opens the first camera")
     cams = [d for d in (video_devices() if devices is None else devices) if d.capture]
     if not cams:
         return Check("webcam", WARN, "no webcam found", fix)

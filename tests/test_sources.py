@@ -275,8 +275,37 @@ def test_webcam_applies_requests():
 def test_missing_camera_is_one_line_device_error():
     with pytest.raises(DeviceError) as excinfo:
         WebcamSource("webcam:0", capture=StubCapture([], opened=False))
-    message = one_line_error(excinfo)
-    assert message.startswith("no camera at webcam:0") and "webcam:1" in message
+    assert one_line_error(excinfo).startswith("no camera at webcam:0: check it is connected")
+
+
+@pytest.mark.parametrize(
+    ("spec", "cameras", "hint"),
+    [
+        # A laptop's camera has a second node (metadata): webcam:1 is not the next camera.
+        ("webcam:1", ["webcam:0", "webcam:2"], "or pass webcam:0 or webcam:2"),
+        ("/dev/video4", ["webcam:0", "webcam:4"], "or pass webcam:0"),
+        ("webcam:0", [], "no other camera is connected (`streamer doctor` lists them)"),
+        ("webcam:0", None, "or pass webcam:1, webcam:2, ..."),
+    ],
+)
+def test_a_missing_camera_names_the_ones_that_are_here(spec, cameras, hint):
+    from streamer.sources.webcam import missing_camera
+
+    assert missing_camera(spec, cameras).endswith(f"; {hint}")
+
+
+def test_the_cameras_here_are_read_from_the_video_devices(tmp_path, monkeypatch):
+    import streamer.doctor
+    from streamer.sources.webcam import cameras_here
+
+    devices = [
+        streamer.doctor.VideoDevice("/dev/video0", "Integrated Camera", False, True, True),
+        streamer.doctor.VideoDevice("/dev/video1", "Integrated Camera", False, False, True),
+        streamer.doctor.VideoDevice("/dev/video10", "streamer", True, False, True),
+    ]
+    monkeypatch.setattr(streamer.doctor, "video_devices", lambda: devices)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert cameras_here() == ["webcam:0"]
 
 
 def test_camera_that_stops_delivering_is_an_error():

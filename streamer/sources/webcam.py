@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,27 @@ def parse_device(spec: str) -> int | str:
     return spec
 
 
+def cameras_here() -> list[str] | None:
+    """The `webcam:N` names of this machine's cameras, or None where they cannot be listed."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from streamer.doctor import video_devices
+
+    return [f"webcam:{Path(d.node).name.removeprefix('video')}" for d in video_devices() if d.capture]
+
+
+def missing_camera(spec: str, cameras: list[str] | None) -> str:
+    """The one line for a camera that did not open, naming the ones that would."""
+    others = [name for name in cameras or [] if name != spec and f"/dev/video{name[7:]}" != spec]
+    if cameras is None:
+        hint = "or pass webcam:1, webcam:2, ..."
+    elif others:
+        hint = f"or pass {' or '.join(others)}"
+    else:
+        hint = "no other camera is connected (`streamer doctor` lists them)"
+    return f"no camera at {spec}: check it is connected and not used by another app; {hint}"
+
+
 def open_capture(device: int | str) -> Any:
     import cv2
 
@@ -69,10 +91,7 @@ class WebcamSource:
         self._cap = capture if capture is not None else open_capture(device)
         if not self._cap.isOpened():
             self._cap.release()
-            other = f"webcam:{device + 1}" if isinstance(device, int) else "another /dev/videoN"
-            raise DeviceError(
-                f"no camera at {spec}: check it is connected and not used by another app, or pass {other}"
-            )
+            raise DeviceError(missing_camera(spec, cameras_here()))
         self._request(cv2)
         width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
