@@ -59,8 +59,11 @@ def build_job(args: argparse.Namespace, config: JobConfig) -> Job:
         from streamer.sources.pace import PacedSource
 
         source = PacedSource(source)  # `--live` plays a file at its own rate, as a camera would
+    from streamer.sinks.paths import refuse_repeated_outputs
+
     sinks: list = []
     try:
+        refuse_repeated_outputs(args.sink)
         for spec in args.sink:
             sinks.append(open_output(spec, source.info, config))
         if getattr(args, "preview", False):

@@ -187,6 +187,10 @@ def test_existing_output_needs_overwrite(tmp_path, clip, lite):
             lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.mp4", "--config", "nope"],
             ["config not found"],
         ),
+        (
+            lambda tmp, clip: ["--source", clip, "--sink", tmp / "o.mkv", "--sink", f"{tmp}/./o.mkv"],
+            ["given twice", "its own name"],
+        ),
     ],
     ids=[
         "missing-input",
@@ -196,6 +200,7 @@ def test_existing_output_needs_overwrite(tmp_path, clip, lite):
         "bad-size",
         "bad-set",
         "bad-config",
+        "repeated-sink",
     ],
 )
 def test_user_mistakes_are_one_line_errors(tmp_path, clip, lite, make_args, needles):

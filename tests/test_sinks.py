@@ -412,3 +412,20 @@ def test_a_full_disk_is_one_line_error_while_writing_and_closing(vfr_clip, tmp_p
     assert closing.value.__cause__ is not None
     assert all("check the free disk space" in str(err) for err in errors)
     assert not out.exists()
+
+
+def test_two_outputs_of_one_job_on_one_file_or_device_are_refused(tmp_path):
+    from streamer.sinks.paths import refuse_repeated_outputs
+
+    (tmp_path / "a.mkv").write_bytes(b"")
+    (tmp_path / "link.mkv").symlink_to(tmp_path / "a.mkv")
+    for specs in (
+        [f"{tmp_path}/a.mkv", f"{tmp_path}/link.mkv"],
+        [f"{tmp_path}/b.mp4", f"{tmp_path}/sub/../b.mp4"],
+        ["vcam", f"{tmp_path}/c.mov", "vcam"],
+        [f"{tmp_path}/f_%05d.png", f"{tmp_path}/f_%05d.png"],
+    ):
+        with pytest.raises(MediaError) as err:
+            refuse_repeated_outputs(specs)
+        assert "is given twice" in one_line_error(err)
+    refuse_repeated_outputs([f"{tmp_path}/a.mkv", f"{tmp_path}/a.mp4", "vcam", f"{tmp_path}/frames/"])

@@ -111,6 +111,21 @@ def refuse_input_as_output(
                 )
 
 
+def refuse_repeated_outputs(
+    specs: Iterable[str], named: frozenset[str] = frozenset({"vcam", "webrtc"})
+) -> None:
+    """One line, before any work, when two outputs of one job are one file or one device: the
+    second would find the first's partial file locked and read as another job's."""
+    seen: list[str] = []
+    for spec in specs:
+        for earlier in seen:
+            if spec == earlier or (spec not in named and earlier not in named and same_file(spec, earlier)):
+                raise MediaError(
+                    f"output {spec} is given twice (as {earlier}): give each output its own name"
+                )
+        seen.append(spec)
+
+
 def output_array(frame: Frame) -> np.ndarray:
     """`frame.output` as a contiguous uint8 (H, W, C) array; C is 1, 3 or 4."""
     if frame.output is None:
