@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from streamer.commands.image import IMAGE_SUFFIXES, add_engine_options, build_engine, read_image, write_image
+from streamer.commands.image import add_engine_options, build_engine, read_image, write_image
 from streamer.commands.options import named
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.evaluate import METRICS, Evaluation, fit_to_truth, format_summary
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
+from streamer.sources.images import IMAGE_SUFFIXES
 
 SHEET_HEIGHT = 192
 """Height of one contact-sheet tile; tiles keep the truth's aspect ratio."""

@@ -21,9 +21,9 @@ from streamer.commands import options
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
+from streamer.sources.images import IMAGE_SUFFIXES
 from streamer.stills import read_rgb
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FORMATS = {"mask": "matte", "cutout": "rgba", "composite": "color"}
 """--format -> compositor mode."""
 
