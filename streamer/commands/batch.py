@@ -24,13 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="matte many clips on a Ray cluster (or this machine), one output each",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        type=options.named,
-        metavar="INPUT",
-        help="video files or URLs, folders, globs, .txt lists",
-    )
+    options.add_inputs(p, "video files or URLs, folders, globs, .txt lists")
     p.add_argument(
         "-o", "--out-dir", required=True, type=options.named_path, help="folder for the outputs (created)"
     )

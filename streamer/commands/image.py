@@ -34,13 +34,7 @@ def register(subparsers) -> None:
         help="remove the background of still images (mask, cut-out or composite)",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        type=options.named,
-        metavar="INPUT",
-        help="image files, folders or globs ('shots/*.jpg')",
-    )
+    options.add_inputs(p, "image files, folders or globs ('shots/*.jpg')")
     p.add_argument(
         "-o",
         "--output",

@@ -57,6 +57,11 @@ def named_path(text: str) -> Path:
     return Path(named(text))
 
 
+def add_inputs(parser: argparse.ArgumentParser, help: str) -> None:
+    """The positional INPUT... of the commands that take many files, folders or globs."""
+    parser.add_argument("inputs", nargs="+", type=named, metavar="INPUT", help=help)
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=named, help="YAML file or preset name (see `streamer presets`; options override it)"
