@@ -95,3 +95,37 @@ def test_transparency_shows_the_given_background():
     bgr = to_bgr(rgba, (0, 255, 0))
     assert bgr[0, 0].tolist() == [255, 255, 255] and bgr[1, 1].tolist() == [0, 255, 0]
     assert to_bgr(rgba)[1, 1].tolist() == [0, 0, 0]
+
+
+def request(sink: PreviewSink, method: str, path: str, host: str | None) -> tuple[int, bytes]:
+    import http.client
+    from urllib.parse import urlsplit
+
+    port = urlsplit(sink.url).port
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    finally:
+        connection.close()
+
+
+def test_only_this_servers_own_names_see_the_frames(sink):
+    # DNS rebinding: a page on attacker.example, its name re-pointed at 127.0.0.1, reads same-origin.
+    sink.write(frame_of(np.full((16, 16, 3), 90, np.uint8)))
+    port = sink.url.rsplit(":", 1)[1].strip("/")
+    for host in ("attacker.example", f"attacker.example:{port}", "", None, "a b"):
+        status, body = request(sink, "GET", "/frame.jpg", host)
+        assert status == 403, (host, status)
+        assert sink.url.encode() in body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert request(sink, "GET", "/frame.jpg", host)[0] == 200, host
+
+
+def test_other_methods_are_refused_not_unimplemented(sink):
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        assert request(sink, method, "/", f"127.0.0.1:{sink.url.rsplit(':', 1)[1].strip('/')}")[0] == 405

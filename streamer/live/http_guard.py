@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -154,7 +155,8 @@ class Access:
         name, _ = _split_authority(header)
         if name is None:
             raise BadRequest("the Host header is not a host name or address")
-        if name in self.allowed_hosts or name in _local_names(request):
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if names_this_server(header, sockname[0] if sockname else None, self.allowed_hosts):
             return
         raise Forbidden(
             f"Host {header[:80]!r} is not this server's address; open the page by its address "
@@ -183,12 +185,19 @@ def _split_authority(authority: str) -> tuple[str | None, int | None]:
         return None, None
 
 
-def _local_names(request: web.Request) -> set[str]:
-    """The address this connection reached, and `localhost` when that is a loopback address."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if not sockname:
+def names_this_server(host: str | None, address: str | None, allowed: Collection[str] = ()) -> bool:
+    """Whether a `Host` header names the `address` a connection reached (`localhost` too, on
+    loopback) or one of the `allowed` names: another name that resolves here (DNS rebinding)
+    does not. Also the `--preview` server's rule (streamer.sinks.preview)."""
+    name, _ = _split_authority(host or "")
+    return name is not None and (name in allowed or name in _local_names(address))
+
+
+def _local_names(address: str | None) -> set[str]:
+    """The address a connection reached, and `localhost` when that is a loopback address."""
+    if not address:
         return set()
-    address = str(sockname[0]).lower()
+    address = str(address).lower()
     names = {address}
     try:
         if ipaddress.ip_address(address.split("%")[0]).is_loopback:

@@ -17,6 +17,7 @@ import numpy as np
 
 from streamer.errors import DeviceError
 from streamer.frame import Frame
+from streamer.live.http_guard import names_this_server
 
 _PAGE = b"""<!doctype html><meta charset="utf-8"><title>streamer preview</title>
 <style>body{margin:0;background:#222;display:grid;place-items:center;height:100vh}
@@ -100,7 +101,13 @@ class PreviewSink:
                 pass
 
             def do_GET(self) -> None:
-                if self.path == "/":
+                # Only by this server's own address: a page on another name that resolves here
+                # (DNS rebinding) must not read the camera's frames.
+                host = self.headers.get("Host")
+                if not names_this_server(host, self.connection.getsockname()[0]):
+                    message = f"Host {str(host)[:80]!r} is not this preview's address: open {sink.url}\n"
+                    self._send(HTTPStatus.FORBIDDEN, "text/plain", message.encode())
+                elif self.path == "/":
                     self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE)
                 elif self.path == "/frame.jpg":
                     jpeg = sink._jpeg
@@ -112,6 +119,11 @@ class PreviewSink:
                     self._stream()
                 else:
                     self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /\n")
+
+            def _refuse_method(self) -> None:
+                self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"the preview only answers GET\n")
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _refuse_method
 
             def _send(self, status: HTTPStatus, kind: str, body: bytes) -> None:
                 self.send_response(status)
