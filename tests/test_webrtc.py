@@ -680,6 +680,28 @@ def test_serve_options_reach_the_config():
     assert sized.model.size == (256, 256)
 
 
+@pytest.mark.parametrize(
+    ("settings", "noted"),
+    [
+        ({}, False),
+        ({"host": "localhost"}, False),
+        ({"host": "::1"}, False),
+        ({"host": "0.0.0.0"}, True),
+        ({"host": "192.168.1.20"}, True),
+        ({"host": "0.0.0.0", "source": "clip.mp4"}, False),  # no browser camera asked for
+        ({"host": "0.0.0.0", "webrtc": False}, False),
+    ],
+)
+def test_serving_beyond_this_machine_says_browsers_lend_cameras_to_https_only(settings, noted):
+    from streamer.live.params import ServeParams
+    from streamer.live.serve import camera_note
+
+    note = camera_note(ServeParams(**settings))
+    assert (note is not None) == noted
+    if noted:
+        assert "https" in note and "http://127.0.0.1:8080" in note and "--source" in note
+
+
 def test_serve_reports_a_busy_port_in_one_line(capsys):
     from streamer.cli import main
 

@@ -7,7 +7,9 @@ state and parameters are each peer's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import ipaddress
 import socket
 
 from streamer.config import JobConfig, merge_params
@@ -82,6 +84,21 @@ def finisher_factory(composite, smoothing, device):
     return lambda: Finisher(TemporalSmoother(smoothing, device), Compositor(composite, device))
 
 
+def camera_note(params: ServeParams) -> str | None:
+    """What a page opened from another device will meet: browsers lend the camera only to a
+    secure context (https, or a page on the browser's own machine)."""
+    if params.source or not params.webrtc or params.host == "localhost":
+        return None
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(params.host).is_loopback:
+            return None
+    return (
+        "a browser on another device lends its camera only to https pages: open "
+        f"http://127.0.0.1:{params.port} on this machine, put the page behind an https proxy, "
+        "or preview an input of this machine with --source"
+    )
+
+
 def serve(params: ServeParams, config: JobConfig) -> int:
     """Run the page until Ctrl-C or SIGTERM; every peer is closed on the way out."""
 
@@ -92,6 +109,8 @@ def serve(params: ServeParams, config: JobConfig) -> int:
     if params.webrtc:
         what = f"previewing {params.source}" if params.source else "matting the browser's camera"
         print(f"streamer: serving {url} ({what}); press Ctrl-C to stop", flush=True)
+        if (note := camera_note(params)) is not None:
+            print(f"streamer: note: {note}", flush=True)
     key = " (with the API key: Authorization: Bearer KEY)" if params.api_key else ""
     stop = "" if params.webrtc else "; press Ctrl-C to stop"
     print(f"streamer: image API at {url}/v1/images/edits and {url}/v1/matte{key}{stop}", flush=True)

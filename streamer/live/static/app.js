@@ -86,6 +86,13 @@ async function start() {
       if (pc.connectionState === "failed") stop();
     });
     if (state.config.mode === "camera") {
+      if (!navigator.mediaDevices) {
+        // Not a secure context: the browser offers no camera to plain http from another machine.
+        throw new Error(
+          "this browser lends its camera only to https pages or to pages on its own machine: " +
+            `open http://127.0.0.1:${location.port || 80} on the machine running streamer, or serve the page over https`,
+        );
+      }
       state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
       for (const track of state.camera.getVideoTracks()) pc.addTransceiver(track, { direction: "sendrecv" });
     } else {
