@@ -30,6 +30,9 @@ ARGS = [
     "--disable-sync",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
+    # A name for this machine as another device would use it: plain http under it is not a
+    # secure context, so the browser offers no camera there.
+    "--host-resolver-rules=MAP other-device.test 127.0.0.1",
 ]
 
 pytestmark = [
@@ -105,6 +108,8 @@ def server(recipe_weights, tmp_path):
         ADMIN_TOKEN,
         "--backgrounds",
         str(backgrounds),
+        "--allowed-host",
+        "other-device.test",
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     log = (tmp_path / "serve.log").open("w+")
@@ -222,5 +227,13 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             assert page.text_content("[data-stat=video]") == "VP8 (streamer encoder)"
             page.click("#stop")
             page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+            # The page opened from another device over plain http: no camera, and it says why.
+            remote = context.new_page()
+            remote.goto(server.replace("127.0.0.1", "other-device.test"))
+            remote.wait_for_function("window.streamer && window.streamer.state.config !== null")
+            assert remote.evaluate("window.isSecureContext") is False
+            remote.click("#start")
+            remote.wait_for_function("document.getElementById('error').textContent.includes('https')")
+            assert "127.0.0.1" in remote.text_content("#error")
         finally:
             context.close()
