@@ -176,6 +176,50 @@ def test_an_output_folder_holding_the_inputs_is_refused(tmp_path, capsys, overwr
     assert clip.read_bytes() == before and sorted(clips.iterdir()) == [clip]
 
 
+@pytest.mark.parametrize(
+    ("existing", "refusal"),
+    [
+        ("list", "is the input"),  # `--report clips.txt` with clips.txt the list of inputs
+        ("notes", "output exists"),
+        ("folder", "output is a folder"),
+        ("under-a-file", "cannot write to folder"),
+    ],
+)
+def test_the_report_is_checked_before_any_work(tmp_path, capsys, existing, refusal):
+    # Written when every clip is done: a refusal then comes hours late, or replaces a user's file.
+    clip = make_clip(tmp_path / "take1.mp4", frames=2, audio=False)
+    listing = tmp_path / "clips.txt"
+    listing.write_text(f"{clip}\n")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    (tmp_path / "folder").mkdir()
+    report = {
+        "list": listing,
+        "notes": notes,
+        "folder": tmp_path / "folder",
+        "under-a-file": tmp_path / "take1.mp4" / "report.json",
+    }[existing]
+    weights = tmp_path / "never-read.safetensors"  # not weights: reading them would fail
+    weights.write_bytes(b"x")
+    argv = ["batch", str(listing), "-o", str(tmp_path / "out"), "--report", str(report)]
+    assert main([*argv, "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert refusal in err and err.count("\n") == 1, err
+    assert listing.read_text() == f"{clip}\n" and notes.read_text() == '{"mine": 1}'
+
+
+def test_an_earlier_runs_report_is_replaced_by_a_rerun(tmp_path):
+    from streamer.commands.batch import is_batch_report
+
+    report = tmp_path / "report.json"
+    report.write_text('{"clips": [], "frames": 0}')
+    assert is_batch_report(report)
+    for text in ('{"mine": 1}', "[1, 2]", "not json", '{"clips": 3}'):
+        report.write_text(text)
+        assert not is_batch_report(report)
+    assert not is_batch_report(tmp_path / "missing.json") and not is_batch_report(tmp_path)
+
+
 def test_a_damaged_clip_is_an_error_not_a_short_output(tmp_path, lite_config):
     config, engine = lite_config
     src = make_clip(tmp_path / "c.mp4", frames=6, size=(64, 48), audio=False)

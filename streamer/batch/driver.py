@@ -10,7 +10,6 @@ the driver.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -25,7 +24,7 @@ from streamer.batch.inputs import Clip, output_path, partial_path
 from streamer.batch.plan import Probe, Task, plan_key, probe, split, warmup_frames
 from streamer.config import JobConfig
 from streamer.errors import ConfigError
-from streamer.sinks.paths import refuse_input_as_output
+from streamer.sinks.paths import refuse_input_as_output, write_json
 
 RESTARTS = 3
 """A worker process that dies is restarted (and its task re-run) up to this many times."""
@@ -266,7 +265,7 @@ def run_batch(clips: list[Clip], config: JobConfig, state: dict, weights: str, o
             "wall_seconds": round(time.perf_counter() - started, 3),
             **timing,
         }
-        options.report.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(report, options.report)
     return 1 if any(r.status.startswith(("failed", "incomplete")) for r in results) else 0
 
 

@@ -8,6 +8,8 @@ see the inputs and OUT_DIR at the same paths. Finished outputs are skipped on a 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from streamer.commands import options
 from streamer.config import load_config
@@ -72,6 +74,16 @@ BATCH_OPTIONS = {
 }
 
 
+def is_batch_report(path: Path) -> bool:
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and isinstance(report.get("clips"), list)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import ray  # noqa: F401
@@ -94,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
     from streamer.batch.driver import refuse_inputs_as_outputs
 
     refuse_inputs_as_outputs(clips, args.out_dir, args.sink_format)  # before any work
+    if args.report:
+        from streamer.sinks.paths import check_end_outputs
+
+        # A list of clips (.txt) is an input too. An earlier run's report is replaced by a re-run
+        # (resuming it must not take --overwrite, which redoes every clip); any other file is not.
+        replace = config.output.overwrite or is_batch_report(args.report)
+        check_end_outputs([args.report], [*args.inputs, *(c.source for c in clips)], replace)
     # Resolved and read once, here: workers get the tensors through Ray's object store.
     weights = resolve_weights(config.model.weights, config.model.variant)
     state = read_state_dict(weights)

@@ -10,8 +10,6 @@ unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from streamer.commands.image import add_engine_options, build_engine, read_image
 from streamer.commands.options import named
 from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.evaluate import METRICS, Evaluation, fit_to_truth, format_summary
-from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
+from streamer.sinks.paths import check_end_outputs, write_json
 from streamer.sources.base import InputDamage
 from streamer.sources.images import IMAGE_SUFFIXES
 
@@ -136,24 +134,11 @@ def contact_sheet(rows: list[dict]) -> np.ndarray:
     return np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0))) for x in lines])
 
 
-def write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
-    try:
-        partial.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(partial, path)
-    finally:
-        remove_quietly(partial)
-
-
 def check_outputs(args, sources: list[Path]) -> list[Path]:
     outputs = [Path(p).expanduser() for p in (args.report, args.sheet) if p]
     if args.sheet and Path(args.sheet).suffix.lower() != ".png":
         raise ConfigError(f"--sheet {args.sheet}: the contact sheet is a PNG (name it .png)")
-    refuse_input_as_output(outputs, sources)
-    existing = [p for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise ConfigError(f"output exists: {existing[0]} (pass --overwrite to replace)")
+    check_end_outputs(outputs, sources, args.overwrite)
     return outputs
 
 

@@ -115,11 +115,13 @@ def to_pil(picture: torch.Tensor) -> Image.Image:
 
 def write_image(picture: torch.Tensor, path: Path) -> None:
     image = to_pil(picture)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         image.save(partial, format=Image.registered_extensions()[path.suffix.lower()])
         os.replace(partial, path)  # a reader never sees half an image
+    except OSError as err:
+        raise MediaError(f"cannot write {path}: {err.strerror or err} (check the output folder)") from err
     finally:
         remove_quietly(partial)
 
@@ -198,12 +200,7 @@ def run(args: argparse.Namespace) -> int:
             damage.files_lost.append(str(path))
             continue
         picture = compositor(image, engine.predict(image), 0.0)
-        try:
-            write_image(picture, target)
-        except OSError as err:
-            raise MediaError(
-                f"cannot write {target}: {err.strerror or err} (check the output folder)"
-            ) from err
+        write_image(picture, target)
         written.append(target)
     bar.close()
     print(f"streamer: {describe_written(written, args.format)}", file=sys.stderr)

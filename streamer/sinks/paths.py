@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -124,6 +125,29 @@ def refuse_repeated_outputs(
                     f"output {spec} is given twice (as {earlier}): give each output its own name"
                 )
         seen.append(spec)
+
+
+def check_end_outputs(outputs: Iterable[Path], inputs: Iterable[str | os.PathLike], overwrite: bool) -> None:
+    """Files a command writes when all its work is done (a report, a contact sheet), checked
+    before any work: not an input, not a file already there unless `overwrite`, a folder that
+    takes files. Otherwise hours of work would end in an error, or replace the user's file."""
+    outputs = list(outputs)
+    refuse_input_as_output(outputs, inputs)
+    for path in outputs:
+        check_output_file(path, overwrite)
+
+
+def write_json(data: dict, path: Path) -> None:
+    """`data` as indented JSON, under a partial name first: `path` never holds half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    try:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(partial, path)
+    except OSError as err:
+        raise MediaError(f"cannot write {path}: {err.strerror or err} (check the free disk space)") from err
+    finally:
+        remove_quietly(partial)
 
 
 def output_array(frame: Frame) -> np.ndarray:
