@@ -333,9 +333,17 @@ def test_pictures_are_checked_from_their_header_before_decoding(monkeypatch):
         decode_image(png_header(20000, 20000))
     with pytest.raises(TooLarge, match="100000x10"):
         decode_image(png_header(100_000, 10))
-    for data in (b"", b"GIF89a", png_header(8, 8), png()[:60], b"%PDF-1.4"):
+    for data in (png_header(8, 8), png()[:60]):
         with pytest.raises(BadRequest, match="not a readable image"):
             decode_image(data)
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiff, format="TIFF")  # readable, but not a kind served over HTTP
+    for data in (b"", b"GIF89a", b"%PDF-1.4", tiff.getvalue()):
+        with pytest.raises(BadRequest) as refused:
+            decode_image(data)
+        assert str(refused.value) == (
+            "background: not a PNG, JPEG, WebP, GIF or BMP picture; upload a PNG or JPEG file"
+        )
     # Under our budget but over Pillow's: its decompression-bomb warning counts as an error.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(TooLarge, match="too large"):

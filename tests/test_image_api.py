@@ -146,7 +146,7 @@ def test_the_openai_package_gets_one_line_refusals(api_server, picture_file, tmp
     assert "b64_json" in refused(client, 400, response_format="url")
     notes = tmp_path / "notes.txt"
     notes.write_text("not a picture")
-    assert "not a readable image" in refused(client, 400, image=notes)
+    assert "not a PNG, JPEG" in refused(client, 400, image=notes)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_claiming(30_000, 30_000, b""))
     assert "too large" in refused(client, 413, image=bomb)

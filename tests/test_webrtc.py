@@ -521,7 +521,7 @@ async def test_unknown_peer_and_bad_size_are_400():
             "model.size: bad value 100: expected two multiples of 32"
         )
         async with http.post(f"{base}/background", params={"peer": client.peer}, data=b"not a picture") as r:
-            assert r.status == 400 and "not a readable image" in (await r.json())["error"]
+            assert r.status == 400 and "not a PNG, JPEG" in (await r.json())["error"]
         await client.close()
 
 

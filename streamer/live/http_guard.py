@@ -349,6 +349,10 @@ def decode_image(data: bytes, what: str = "background") -> np.ndarray:
             raise TooLarge(
                 f"{what}: the picture is too large ({str(err)[:90]}); upload a smaller one"
             ) from None
+        except Image.UnidentifiedImageError:
+            names = [{"WEBP": "WebP"}.get(f, f) for f in IMAGE_FORMATS]
+            kinds = ", ".join(names[:-1]) + f" or {names[-1]}"
+            raise BadRequest(f"{what}: not a {kinds} picture; upload a PNG or JPEG file") from None
         except Exception as err:  # Pillow's many complaints about a broken file are the client's to fix
             reason = str(err)[:80] or type(err).__name__
             raise BadRequest(f"{what}: not a readable image ({reason}); upload a PNG or JPEG file") from None
