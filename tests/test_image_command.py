@@ -78,6 +78,21 @@ def test_corrupt_input_is_skipped_counted_and_the_rest_kept(cli, shots, tmp_path
     assert "Traceback" not in err
 
 
+def test_inputs_of_which_none_can_be_read_are_an_error_not_damage(cli, shots, tmp_path, capsys):
+    (shots / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (shots / "text.jpg").write_text("hello")
+    assert cli(shots / "broken.png", "-o", tmp_path / "one.png") == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"streamer: error: cannot read image {shots / 'broken.png'}: not an image or damaged (check the file)"
+    )
+    assert cli(shots / "broken.png", shots / "text.jpg", "-o", tmp_path / "two") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("streamer: error: none of the 2 images could be read") and err.count("\n") == 0
+    assert not (tmp_path / "one.png").exists() and not list(tmp_path.glob("two/*"))
+
+
 def test_reports_what_it_wrote(cli, shots, tmp_path, capsys):
     assert cli(shots / "a.png", "-o", tmp_path / "a-cut.png") == 0
     assert capsys.readouterr().err.strip() == f"streamer: wrote {tmp_path / 'a-cut.png'} (RGBA cut-out PNG)"

@@ -203,6 +203,13 @@ def run(args: argparse.Namespace) -> int:
         write_image(picture, target)
         written.append(target)
     bar.close()
+    if not written:  # every input was lost: a failure, not a finished job with damage
+        lost = damage.files_lost
+        if len(lost) == 1:
+            raise MediaError(f"cannot read image {lost[0]}: not an image or damaged (check the file)")
+        raise MediaError(
+            f"none of the {len(lost)} images could be read ({lost[0]}, ...): damaged or not images"
+        )
     print(f"streamer: {describe_written(written, args.format)}", file=sys.stderr)
     if damage:
         print(f"streamer: warning: {damage.summary()}", file=sys.stderr)
@@ -215,9 +222,9 @@ KINDS = {"mask": "grey matte PNG", "cutout": "RGBA cut-out PNG", "composite": "c
 
 def describe_written(written: list[Path], fmt: str) -> str:
     """'wrote 3 RGBA cut-out PNGs to out/' or 'wrote out/a.png (grey matte PNG)'."""
-    kind = KINDS[fmt] if written[-1:] and written[-1].suffix.lower() == ".png" else KINDS[fmt][:-4]
+    kind = KINDS[fmt] if written[-1].suffix.lower() == ".png" else KINDS[fmt][:-4]
     if len(written) == 1:
         return f"wrote {written[0]} ({kind})"
     folders = sorted({str(p.parent) for p in written})
     where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
-    return f"wrote {len(written)} {kind}s to {where}" if written else "wrote nothing"
+    return f"wrote {len(written)} {kind}s to {where}"
