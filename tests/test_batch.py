@@ -59,6 +59,19 @@ def test_inputs_files_folders_globs_and_lists(tmp_path):
         expand_inputs([str(tmp_path / "other" / "*.mkv")])
 
 
+def test_lists_in_utf16_or_with_a_bom_are_read_and_other_encodings_are_one_line(tmp_path):
+    clip = tmp_path / "café.mp4"
+    clip.write_bytes(b"x")
+    for encoding in ("utf-16", "utf-8-sig", "utf-8"):
+        listing = tmp_path / f"{encoding}.txt"
+        listing.write_bytes("# clips\r\ncafé.mp4\r\n".encode(encoding))
+        assert expand_inputs([str(listing)]) == [str(clip)], encoding
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café.mp4\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.txt is not UTF-8 text \(save it as UTF-8\)"):
+        expand_inputs([str(latin)])
+
+
 def test_split_cuts_at_keyframes_with_warmup():
     info = Probe("x", pts=tuple(range(0, 100 * 10, 10)), keyframes=tuple(range(0, 100, 7)), fps=25.0)
     segments = split(info, 20, warmup=10)

@@ -7,6 +7,7 @@ kept and duplicates are dropped, so the same command always plans the same outpu
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
 from dataclasses import dataclass
@@ -60,9 +61,23 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
 
 
+def _list_text(path: Path) -> str:
+    """The list's text: UTF-8 (a BOM allowed), or UTF-16 with its BOM (Windows editors' "Unicode")."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read the list {path}: {err.strerror or err} (check the path)") from err
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"the list {path} is not UTF-8 text (save it as UTF-8)") from None
+
+
 def _read_list(path: Path) -> list[str]:
     entries = []
-    for line in path.read_text().splitlines():
+    for line in _list_text(path).splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
