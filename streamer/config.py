@@ -326,6 +326,10 @@ def load_yaml(path: Path) -> dict[str, dict[str, Any]]:
     try:
         # Bytes: YAML's reader decodes them and calls a file that is not text a YAMLError.
         data = yaml.safe_load(path.read_bytes()) or {}
+    except yaml.reader.ReaderError as err:  # bytes that are not UTF-8/16 text
+        raise ConfigError(
+            f"{path}: is not text a config can hold ({err.reason}); save it as UTF-8 text"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

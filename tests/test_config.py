@@ -120,6 +120,18 @@ def test_bad_config_files(tmp_path, text, message):
         load_config(str(path))
 
 
+@pytest.mark.parametrize("data", ["# café\nmodel:\n  variant: lite\n".encode("latin-1"), b"\x00\x01binary"])
+def test_a_config_file_that_is_not_utf8_text_says_so(tmp_path, data):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: is not text a config can hold \(.+\); save it as UTF-8"
+    ):
+        load_config(str(path))
+    path.write_bytes("model:\n  variant: lite\n".encode("utf-16"))  # Windows' "Unicode" is read
+    assert load_config(str(path)).model.variant == "lite"
+
+
 def test_missing_preset_lists_the_presets():
     with pytest.raises(ConfigError, match=r"config not found: nope \(give a YAML path or a preset: "):
         load_config("nope")
