@@ -158,6 +158,24 @@ def test_a_damaged_entry_is_rebuilt_with_one_line_and_stale_ones_go(
     assert not list(tmp_path.glob(".partial-*"))
 
 
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_job(
+    recipe_model, exact_engine, fixture_data, tmp_path, caplog
+):
+    from streamer.backends.openvino import OpenVINOForward
+
+    exact_engine.predict(fixture_data["image"])
+    source = exact_engine.model.entry_dir(SIZE)
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would go (a full disk or read-only home alike)")
+    forward = OpenVINOForward(recipe_model("lite"), "lite", "float32", cache_dir=blocked, notify=print)
+    forward._convert = lambda size: forward._core.read_model(str(source / "model.xml"))
+    x = torch.rand(1, 3, *SIZE)
+    out = forward(x)
+    assert out.shape == (1, 1, *SIZE) and forward.conversions == 1
+    torch.testing.assert_close(out, exact_engine.model(x), atol=1e-5, rtol=0)
+    assert "cannot keep the converted network" in caplog.text
+
+
 def test_the_cache_key_follows_the_weights_and_patch_order(recipe_model, tmp_path):
     import copy
 

@@ -151,6 +151,8 @@ class OpenVINOForward:
             damaged = True  # a folder without its manifest: an interrupted or foreign write
         model = self._build(entry, size, damaged)
         model.reshape([batch, 3, *size])
+        if not entry.is_dir():  # not stored: no compiled-model cache either
+            config.pop("CACHE_DIR")
         return self._core.compile_model(model, "CPU", config)
 
     def _read(self, entry: Path):
@@ -173,6 +175,17 @@ class OpenVINOForward:
         started = time.monotonic()
         model = self._convert(size)
         self.conversions += 1
+        try:
+            self._store(model, entry, size, started)
+        except (OSError, RuntimeError) as err:  # a full disk, a read-only home: the cache is only a cache
+            log.warning(
+                "openvino: cannot keep the converted network in %s (%s); it is converted again next run",
+                self.cache_dir,
+                err,
+            )
+        return model
+
+    def _store(self, model, entry: Path, size: tuple[int, int], started: float) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.cache_dir))
         try:
@@ -199,7 +212,6 @@ class OpenVINOForward:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._prune(entry)
-        return model
 
     def _convert(self, size: tuple[int, int]):
         example = torch.zeros(1, 3, *size)
