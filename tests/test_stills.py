@@ -129,5 +129,10 @@ def test_a_picture_over_the_size_limit_is_one_line_not_a_traceback(tmp_path, rec
     with pytest.raises(MediaError, match=re.escape(too_large)):
         load_rgb(huge)
     model = ["--variant", "lite", "--weights", str(recipe_weights("lite")), "--size", "64x64"]
-    assert main(["image", str(huge), "-o", str(tmp_path / "cut.png"), *model]) == EXIT_DAMAGED_INPUT
+    # Alone, it is an error (nothing was made); among others, it is skipped and counted.
+    assert main(["image", str(huge), "-o", str(tmp_path / "cut.png"), *model]) == 2
+    assert f"streamer: error: {too_large}" in capsys.readouterr().err
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    assert main(["image", str(huge), str(small), "-o", str(tmp_path / "cuts"), *model]) == EXIT_DAMAGED_INPUT
     assert f"could not be read and were skipped ({huge})" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from streamer.errors import EXIT_DAMAGED_INPUT, ConfigError, MediaError
 from streamer.sinks.paths import partial_path, refuse_input_as_output, remove_quietly
 from streamer.sources.base import InputDamage
 from streamer.sources.images import IMAGE_SUFFIXES
-from streamer.stills import read_rgb
+from streamer.stills import TooLarge, read_rgb
 
 FORMATS = {"mask": "matte", "cutout": "rgba", "composite": "color"}
 """--format -> compositor mode."""
@@ -192,12 +192,14 @@ def run(args: argparse.Namespace) -> int:
     engine, compositor = build(args, config)
     damage = InputDamage(" ".join(args.inputs), files_expected=len(paths))
     written: list[Path] = []
+    first_error: Exception | None = None
     bar = tqdm(list(zip(paths, targets, strict=True)), unit="image", disable=len(paths) < 2 or None)
     for path, target in bar:
         try:
             image = read_image(path)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as err:
             damage.files_lost.append(str(path))
+            first_error = first_error or err
             continue
         picture = compositor(image, engine.predict(image), 0.0)
         write_image(picture, target)
@@ -205,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if not written:  # every input was lost: a failure, not a finished job with damage
         lost = damage.files_lost
+        if isinstance(first_error, TooLarge) and len(lost) == 1:
+            raise MediaError(str(first_error))
         if len(lost) == 1:
             raise MediaError(f"cannot read image {lost[0]}: not an image or damaged (check the file)")
         raise MediaError(
