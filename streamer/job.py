@@ -106,16 +106,22 @@ def carries_alpha(spec: str) -> bool:
 
 LIVE_SIZE = (512, 512)
 """Model size of a live job when none is configured: the native 1024 is too slow for live video."""
+LIVE_PRESET = "veryfast"
+"""x264 preset of a live job's file outputs when none is configured (what OBS records with)."""
 
 
 def with_live_defaults(config: JobConfig) -> JobConfig:
     """What every live job (`run` from a camera or with `--live`, each `serve` page) uses where
-    no config file or option chose: the network at LIVE_SIZE, and on a CPU no foreground colour
-    estimation, which takes a quarter to half of a 30 fps frame's interval there at 640x480 to
-    1280x720 on the cores the network needs, and more on a soft matte (BENCHMARKS.md, "Live")."""
+    no config file or option chose: the network at LIVE_SIZE; H.264 files written at LIVE_PRESET,
+    as x264's default (medium) cannot keep up at 1280x720 beside the network on a 2-core CPU
+    (21-24 of 30 fps delivered there, against 29.7 with veryfast); and on a CPU no foreground
+    colour estimation, which takes a quarter to half of a 30 fps frame's interval there at
+    640x480 to 1280x720 on the cores the network needs, and more on a soft matte (BENCHMARKS.md,
+    "Live")."""
     from streamer.engine import engine_device
 
     config.sections["model"] = default_unset(config.model, "model", {"size": LIVE_SIZE})
+    config.sections["output"] = default_unset(config.output, "output", {"preset": LIVE_PRESET})
     if engine_device(config.model).type == "cpu":
         config.sections["composite"] = default_unset(
             config.composite, "composite", {"refine_foreground": False}

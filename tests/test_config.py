@@ -180,14 +180,15 @@ def test_serve_help_states_the_size_it_uses(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("live", [True, False])
-def test_live_jobs_default_to_the_live_size_and_no_foreground_estimation_on_a_cpu(
+def test_live_jobs_default_to_the_live_size_a_realtime_preset_and_no_foreground_estimation_on_a_cpu(
     tmp_path, recipe_weights, live
 ):
     """Foreground estimation alone takes about a 30 fps frame's interval on a CPU: a live job that
-    kept it dropped every fourth frame. File jobs keep their own defaults; a choice always wins."""
+    kept it dropped every fourth frame; so did a 720p recording at x264's medium preset. File
+    jobs keep their own defaults; a choice always wins."""
     from streamer.cli import build_parser
     from streamer.commands.run import config_from_args
-    from streamer.job import LIVE_SIZE, build_job
+    from streamer.job import LIVE_PRESET, LIVE_SIZE, build_job
     from tests.media import make_clip
 
     clip = make_clip(tmp_path / "clip.mp4", frames=2, audio=False)
@@ -206,10 +207,18 @@ def test_live_jobs_default_to_the_live_size_and_no_foreground_estimation_on_a_cp
     played = job("--live" if live else "--no-live")
     assert played.engine.params.size == (LIVE_SIZE if live else (1024, 1024))
     assert played.compositor.params.refine_foreground is not live
+    assert played.sinks[0].params.preset == (LIVE_PRESET if live else "medium")
     chosen = job(
-        "--live" if live else "--no-live", "--size", "256", "--set", "composite.refine_foreground=true"
+        "--live" if live else "--no-live",
+        "--size",
+        "256",
+        "--set",
+        "composite.refine_foreground=true",
+        "--set",
+        "output.preset=slow",
     )
     assert chosen.engine.params.size == (256, 256) and chosen.compositor.params.refine_foreground
+    assert chosen.sinks[0].params.preset == "slow"
 
 
 @pytest.mark.parametrize(
