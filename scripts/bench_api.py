@@ -46,6 +46,7 @@ from script_args import count, frame_size, listed, network_size, positive, whole
 from streamer.config import load_config  # noqa: E402
 from streamer.live.serve import build_server  # noqa: E402
 from streamer.live.stats import percentile  # noqa: E402
+from streamer.priority import run_in_background  # noqa: E402
 
 
 def picture(side: int) -> bytes:
@@ -175,7 +176,8 @@ async def main_async(args, weights: Path) -> list[dict]:
         model["backend"] = args.backend
     config = load_config(None, {"model": model, "composite": {"mode": "color", "refine_foreground": False}})
     server = build_server(config)
-    server.worker.engine.predict(torch.zeros(64, 64, 3, dtype=torch.uint8))  # convert and warm up
+    # Converted and warmed up at the inference thread's priority, as in a live job.
+    run_in_background(server.worker.engine.predict, torch.zeros(64, 64, 3, dtype=torch.uint8))
     runner = web.AppRunner(server.build())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

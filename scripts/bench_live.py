@@ -68,6 +68,7 @@ from streamer.live.stats import percentile  # noqa: E402
 from streamer.model import VARIANTS  # noqa: E402
 from streamer.model.recipe import make_state_dict  # noqa: E402
 from streamer.pipeline.runner import Pipeline  # noqa: E402
+from streamer.priority import run_in_background  # noqa: E402
 from streamer.sinks.vcam import encode, to_rgb  # noqa: E402
 from streamer.sources.base import SourceInfo  # noqa: E402
 from streamer.sources.pace import paced  # noqa: E402
@@ -290,7 +291,7 @@ def common(case: Case, duration: float, fps: float, delivered: int, lat: list[fl
 async def bench_direct(args, weights: Path, case: Case) -> tuple[dict, list[float]]:
     config = make_config(args, weights, case)
     engine, smoother, compositor = build_processing(config)
-    engine.predict(torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))  # warm up
+    run_in_background(engine.predict, torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))
     camera = Camera(case.size, args.fps, args.duration, args.grain)
     sink = VcamWork()
     job = Job(camera, [sink], engine, smoother, compositor, True, 1, Settings(config.propagation))
@@ -321,7 +322,8 @@ async def bench_direct(args, weights: Path, case: Case) -> tuple[dict, list[floa
 async def bench_webrtc(args, weights: Path, case: Case) -> tuple[dict, list[float]]:
     config = make_config(args, weights, case)
     server = build_server(config)
-    server.worker.engine.predict(torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8))
+    warm_up = torch.zeros(case.size[1], case.size[0], 3, dtype=torch.uint8)
+    run_in_background(server.worker.engine.predict, warm_up)
     runner = web.AppRunner(server.build())
     await runner.setup()
     site = web.TCPSite(runner, args.host, 0)

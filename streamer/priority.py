@@ -32,3 +32,24 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
     except OSError:
         return False
     return True
+
+
+def run_in_background(fn, *args) -> None:
+    """Call `fn(*args)` in a thread at BACKGROUND_NICE and wait for it (benchmarks warm the
+    network up this way). Compute threads a library starts keep the priority of the thread that
+    started them: OpenVINO's, made by a first inference on a normal-priority thread, would run
+    the network beside the media threads on equal terms, as a live job's never do."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        lower_thread_priority()
+        try:
+            fn(*args)
+        except BaseException as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name="streamer-warm-up")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]

@@ -13,7 +13,7 @@ import torch
 
 from streamer.live.worker import InferenceWorker
 from streamer.pipeline.runner import Pipeline
-from streamer.priority import BACKGROUND_NICE, lower_thread_priority
+from streamer.priority import BACKGROUND_NICE, lower_thread_priority, run_in_background
 from tests.harness import FnStage, ListSink, ListSource, make_frames
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
@@ -35,6 +35,29 @@ def test_only_the_calling_thread_is_lowered():
     thread.join()
     assert seen == {"lowered": True, "nice": min(base + BACKGROUND_NICE, 19)}
     assert own_nice() == base
+
+
+def test_run_in_background_lowers_the_call_and_every_thread_it_starts():
+    """Benchmarks warm the network up this way: a library's compute threads started during the
+    call (OpenVINO's) must keep the lower priority, as in a live job's inference thread."""
+    base, seen = own_nice(), {}
+
+    def work(value: int) -> None:
+        seen["call"], seen["value"] = own_nice(), value
+        child = threading.Thread(target=lambda: seen.update(child=own_nice()))
+        child.start()
+        child.join()
+
+    run_in_background(work, 5)
+    lowered = min(base + BACKGROUND_NICE, 19)
+    assert seen == {"call": lowered, "value": 5, "child": lowered}
+    assert own_nice() == base
+
+    def fail() -> None:
+        raise ValueError("no such size")
+
+    with pytest.raises(ValueError, match="no such size"):
+        run_in_background(fail)
 
 
 class NiceEngine:
