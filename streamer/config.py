@@ -284,7 +284,8 @@ class OutputParams(Params):
     """H.264/VP9 quality (lower is better; 18 is visually lossless for most footage; ProRes and
     FFV1 ignore it)."""
     preset: Literal[X264_PRESETS] = "medium"
-    """x264 speed/size trade-off."""
+    """Encoding speed against size: x264's preset (.mp4); from ultrafast to veryfast, VP9 (.webm)
+    encodes in its realtime mode too. Live jobs default to veryfast."""
     audio: bool = True
     """Carry the source's audio over."""
     flatten_color: Maybe(Colour) = None

@@ -107,7 +107,8 @@ def carries_alpha(spec: str) -> bool:
 LIVE_SIZE = (512, 512)
 """Model size of a live job when none is configured: the native 1024 is too slow for live video."""
 LIVE_PRESET = "veryfast"
-"""x264 preset of a live job's file outputs when none is configured (what OBS records with)."""
+"""Encoding preset of a live job's file outputs when none is configured: x264 veryfast (what OBS
+records with), VP9 in realtime mode (`streamer.sinks.video_file.REALTIME_PRESETS`)."""
 
 
 def with_live_defaults(config: JobConfig) -> JobConfig:

@@ -103,12 +103,20 @@ FORMATS: dict[str, VideoFormat] = {
 INPUT_FORMATS = {1: "gray", 3: "rgb24", 4: "rgba"}
 
 
+REALTIME_PRESETS = frozenset({"ultrafast", "superfast", "veryfast"})
+"""`output.preset`s at which VP9 encodes in realtime mode too (live jobs default to veryfast)."""
+
+
 def codec_options(fmt: VideoFormat, channels: int, params: OutputParams) -> dict[str, str]:
     options = dict(fmt.options)
     if fmt.codec == "libx264":
         options.update(crf=str(params.crf), preset=params.preset)
     elif fmt.codec == "libvpx-vp9":
         options["crf"] = str(params.crf)
+        if params.preset in REALTIME_PRESETS:
+            # libvpx's own realtime mode: at "good" a live 1280x720 recording on a 2-core CPU kept
+            # 15-18 of 30 fps, 2-3 s behind; realtime at its fastest speed 28 (BENCHMARKS.md).
+            options.update(deadline="realtime", **{"cpu-used": "8"})
     elif fmt.codec == "prores_ks":
         options["profile"] = "4" if channels == 4 else "3"
     return options
