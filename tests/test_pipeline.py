@@ -124,6 +124,7 @@ async def test_a_live_recording_falls_behind_by_its_buffer_and_loses_nothing():
     assert [f.index for f in shown.frames] == list(range(n))
     assert [f.index for f in recording.frames] == list(range(n))
     assert stats.dropped == 0
+    assert "not recorded" not in stats.summary()
 
 
 async def test_a_live_recording_further_behind_than_its_buffer_drops_its_oldest_and_counts_them():
@@ -136,6 +137,13 @@ async def test_a_live_recording_further_behind_than_its_buffer_drops_its_oldest_
     assert [f.index for f in recording.frames] == [0, *range(n - RECORDING_BUFFER, n)]
     assert stats.dropped == 10
     assert stats.frames_out == [n, RECORDING_BUFFER + 1]
+    # The user is told which file lost frames, and what would let its encoder keep up.
+    assert (
+        "Recording: 10 frames not recorded: its encoder could not keep up (set output.preset"
+        in stats.summary()
+    )
+    stats.recordings = [("take.MOV", stats.recordings[0][1])]
+    assert "take.MOV: 10 frames not recorded: its encoder could not keep up (ProRes" in stats.summary()
 
 
 async def test_stage_error_stops_everything_and_names_the_stage():

@@ -83,10 +83,11 @@ class Pipeline:
         self.stats = PipelineStats([s.name for s in self.stages], len(self.sinks))
         self._stop = threading.Event()
 
+    def _is_recording(self, sink: Sink) -> bool:
+        return self.live and not getattr(sink, "realtime", True)
+
     def _sink_queue_size(self, sink: Sink) -> int:
-        if self.live and not getattr(sink, "realtime", True):
-            return max(self.queue_size, RECORDING_BUFFER)
-        return self.queue_size
+        return max(self.queue_size, RECORDING_BUFFER) if self._is_recording(sink) else self.queue_size
 
     def stop(self) -> None:
         """Finish cleanly: no new frames are read; everything in flight is delivered."""
@@ -109,6 +110,11 @@ class Pipeline:
         sink_queues = [make_queue(self.live, self._sink_queue_size(sink)) for sink in self.sinks]
         sink_executors = [executor(f"sink{i}") for i in range(len(self.sinks))]
         self.stats.queues = hops + sink_queues
+        self.stats.recordings = [
+            (str(getattr(sink, "path", type(sink).__name__)), queue)
+            for sink, queue in zip(self.sinks, sink_queues, strict=True)
+            if self._is_recording(sink)
+        ]
         self.stats.droppers = [stage for stage in self.stages if hasattr(stage, "dropped")]
         self.stats.start()
         finished = False
