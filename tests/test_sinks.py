@@ -18,7 +18,7 @@ from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.open import open_sink
 from streamer.sinks.png_sequence import PngSequenceSink, existing_frames
-from streamer.sinks.video_file import VideoFileSink
+from streamer.sinks.video_file import FORMATS, VideoFileSink
 from streamer.sources.open import open_source
 
 SIZE = (64, 48)
@@ -444,3 +444,14 @@ def test_live_presets_encode_vp9_in_realtime_mode_and_every_frame_survives(vfr_c
     out = tmp_path / "out.webm"
     transcode(vfr_clip, out, preset=preset)
     assert seconds(out) and len(seconds(out)) == len(seconds(vfr_clip))
+
+
+def test_each_recording_says_what_lets_it_keep_up_with_a_live_source(tmp_path):
+    from streamer.sources.base import SourceInfo
+
+    info = SourceInfo(64, 48, 30.0, Fraction(1, 30), None, True)
+    advice = {suffix: VideoFileSink(tmp_path / f"o{suffix}", info=info).keep_up for suffix in FORMATS}
+    assert "output.preset=ultrafast" in advice[".mp4"]
+    assert advice[".mov"].startswith("ProRes is too slow")
+    assert advice[".webm"] == advice[".mkv"] == "use a smaller camera size"
+    assert "video file" in PngSequenceSink(str(tmp_path / "f_%04d.png")).keep_up

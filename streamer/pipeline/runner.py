@@ -111,7 +111,7 @@ class Pipeline:
         sink_executors = [executor(f"sink{i}") for i in range(len(self.sinks))]
         self.stats.queues = hops + sink_queues
         self.stats.recordings = [
-            (str(getattr(sink, "path", type(sink).__name__)), queue)
+            (str(getattr(sink, "path", type(sink).__name__)), queue, getattr(sink, "keep_up", ""))
             for sink, queue in zip(self.sinks, sink_queues, strict=True)
             if self._is_recording(sink)
         ]

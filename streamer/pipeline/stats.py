@@ -80,7 +80,8 @@ class PipelineStats:
     droppers: list = field(default_factory=list)
     """Stages that let frames go themselves (the live core's backlog), each with `.dropped`."""
     recordings: list = field(default_factory=list)
-    """(name, queue) of each file a live job writes: where its frames wait for the encoder."""
+    """(name, queue, what would let it keep up) of each file a live job writes; the queue is where
+    its frames wait for the encoder."""
     started: float = 0.0
     ended: float = 0.0
     clock: Callable[[], float] = time.monotonic
@@ -134,15 +135,8 @@ class PipelineStats:
                 f"end-to-end latency: p50 {1000 * self.latencies.percentile(50):.0f} ms, "
                 f"p95 {1000 * self.latencies.percentile(95):.0f} ms"
             )
-        for name, queue in self.recordings:
+        for name, queue, keep_up in self.recordings:
             if queue.dropped:
-                fix = (
-                    "ProRes is too slow to record live on this machine: record .mp4, or .webm or .mkv "
-                    "for alpha"
-                    if name.lower().endswith(".mov")
-                    else "set output.preset=ultrafast, or use a smaller camera size"
-                )
-                lines.append(
-                    f"{name}: {queue.dropped} frames not recorded: its encoder could not keep up ({fix})"
-                )
+                fix = f" ({keep_up})" if keep_up else ""
+                lines.append(f"{name}: {queue.dropped} frames not recorded: it could not keep up{fix}")
         return "\n".join(lines)

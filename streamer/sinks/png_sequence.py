@@ -54,6 +54,7 @@ def existing_frames(pattern: str, suffix: str = "") -> list[Path]:
 
 class PngSequenceSink:
     realtime = False
+    keep_up = "record a video file instead: .mp4, or .webm or .mkv for alpha"
 
     def __init__(self, path: str, *, overwrite: bool = False, compress_level: int = 1) -> None:
         self.pattern = pattern_of(str(path))

@@ -59,6 +59,8 @@ class VideoFormat:
     yuv: bool = True
     container: dict[str, str] = field(default_factory=dict)
     """Muxer options (crash safety: what is written stays playable)."""
+    keep_up: str = "use a smaller camera size"
+    """What lets a live recording in this format keep up with the camera when its encoder cannot."""
 
 
 # Fragments: self-contained moof+mdat pairs, a new one at each keyframe and at least every second
@@ -75,7 +77,11 @@ SHORT_CLUSTERS = {"cluster_time_limit": "1000", "flush_packets": "1"}
 
 FORMATS: dict[str, VideoFormat] = {
     ".mp4": VideoFormat(
-        "libx264", {1: "yuv420p", 3: "yuv420p", 4: "yuv420p"}, alpha=False, container=FRAGMENTED
+        "libx264",
+        {1: "yuv420p", 3: "yuv420p", 4: "yuv420p"},
+        alpha=False,
+        container=FRAGMENTED,
+        keep_up="set output.preset=ultrafast, or use a smaller camera size",
     ),
     # ProRes 4444 keeps alpha; 422 HQ otherwise (profile 3), half the size.
     ".mov": VideoFormat(
@@ -83,6 +89,8 @@ FORMATS: dict[str, VideoFormat] = {
         {1: "yuv422p10le", 3: "yuv422p10le", 4: "yuva444p10le"},
         {"vendor": "apl0"},
         container=FRAGMENTED,
+        # 37-68 ms a 1280x720 frame on a 2-core CPU (BENCHMARKS.md, "A recording beside the live core").
+        keep_up="ProRes is too slow to record live on a small CPU: record .mp4, or .webm or .mkv for alpha",
     ),
     ".webm": VideoFormat(
         "libvpx-vp9",
@@ -131,6 +139,10 @@ def flatten(rgba: np.ndarray, color: tuple[int, int, int] = (0, 0, 0)) -> np.nda
 
 class VideoFileSink:
     realtime = False
+
+    @property
+    def keep_up(self) -> str:
+        return self.format.keep_up
 
     def __init__(self, path: str | Path, *, info: SourceInfo, params: OutputParams | None = None) -> None:
         self.path = Path(path)
