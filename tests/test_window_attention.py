@@ -50,3 +50,36 @@ def test_onednn_linear_matches_linear(monkeypatch):
         out = swin.linear(layer, x)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def padded_block_reference(block: swin.SwinBlock, x: torch.Tensor) -> torch.Tensor:
+    """The official order: pad the normed map, then project every token, padded ones included."""
+    _, h, w, _ = x.shape
+    win, s = block.window, block.shift
+    y = torch.nn.functional.pad(block.norm1(x), (0, 0, 0, (-w) % win, 0, (-h) % win))
+    hp, wp = y.shape[1:3]
+    mask = None
+    if s:
+        y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        mask = swin.make_shift_mask(hp, wp, win, s, y.device, y.dtype)
+    y = swin.from_windows(reference(block.attn, swin.to_windows(y, win), mask), win, hp, wp)
+    if s:
+        y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+    x = x + y[:, :h, :w]
+    return x + block.mlp(block.norm2(x))
+
+
+@pytest.mark.parametrize("linear_as_conv", [False, True])
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (7, 14), (16, 11), (3, 5)])
+def test_projecting_only_the_maps_own_tokens_matches_projecting_the_padded_map(
+    monkeypatch, linear_as_conv, shift, h, w
+):
+    monkeypatch.setattr(swin, "ONEDNN_CPU_LINEAR", linear_as_conv)
+    torch.manual_seed(0)
+    block = swin.SwinBlock(48, 3, 7, shift).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, h, w, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), padded_block_reference(block, x), rtol=0, atol=2e-5)

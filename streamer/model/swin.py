@@ -85,12 +85,13 @@ AMD EPYC: 1.11-1.36x on the whole network, BENCHMARKS.md "Torch CPU path"). Same
 rounding; bfloat16 already goes through oneDNN."""
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def linear(layer: nn.Linear, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    b = layer.bias if bias else None
     if not (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32):
-        return layer(x)
+        return F.linear(x, layer.weight, b)
     d = x.shape[-1]
     tokens = x.reshape(1, -1, 1, d).permute(0, 3, 1, 2)  # (1, D, tokens, 1) in channels-last memory
-    y = F.conv2d(tokens, layer.weight[:, :, None, None], layer.bias)
+    y = F.conv2d(tokens, layer.weight[:, :, None, None], b)
     return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], -1)
 
 
@@ -116,13 +117,28 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, nW, N, D) windows; mask: additive (nW, 1, N, N) or None."""
-        b, nw, n, d = x.shape
+        return linear(self.proj, self.attend(linear(self.qkv, x), mask))
+
+    def padded_qkv(self, x: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """q, k, v of the (B, H, W, D) map `x` zero-padded to (hp, wp), as (B, hp, wp, 3D).
+
+        A padded token is an exact zero, so its q, k and v are the layer's bias: projecting only
+        the map's own tokens and padding with the bias gives the same tensor for fewer tokens
+        (a 16x16 map pads to 21x21 with window 7, an 8x8 one to 14x14: 1.7x and 3x the work)."""
+        _, h, w, _ = x.shape
+        qkv = F.pad(linear(self.qkv, x, bias=False), (0, 0, 0, wp - w, 0, hp - h))
+        return qkv + self.qkv.bias.to(qkv.dtype)
+
+    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv: (B, nW, N, 3D) windows -> attention's (B, nW, N, D), before the output projection."""
+        b, nw, n, d = qkv.shape
+        d //= 3
         heads = self.heads
-        qkv = linear(self.qkv, x).view(b, nw, n, 3, heads, d // heads).permute(3, 0, 1, 4, 2, 5)
-        attn_mask = self.bias().to(x.dtype)  # (heads, N, N)
+        qkv = qkv.view(b, nw, n, 3, heads, d // heads).permute(3, 0, 1, 4, 2, 5)
+        attn_mask = self.bias().to(qkv.dtype)  # (heads, N, N)
         if mask is not None:
             attn_mask = attn_mask + mask  # (nW, heads, N, N)
-        if FUSED_CPU_ATTENTION and x.device.type == "cpu":
+        if FUSED_CPU_ATTENTION and qkv.device.type == "cpu":
             # Without a shift mask windows fold into the batch; with one, into the heads, so that
             # the per-window mask broadcasts over the batch instead of being copied per image.
             rows = (b * nw, heads) if mask is None else (b, nw * heads)
@@ -133,7 +149,7 @@ class WindowAttention(nn.Module):
             # Other devices keep the 5-D call until a GPU measures the 4-D one.
             q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return linear(self.proj, out.transpose(2, 3).reshape(b, nw, n, d))
+        return out.transpose(2, 3).reshape(b, nw, n, d)
 
 
 class Mlp(nn.Module):
@@ -161,17 +177,18 @@ class SwinBlock(nn.Module):
         """x: (B, H, W, D)."""
         _, h, w, _ = x.shape
         win, s = self.window, self.shift
+        hp, wp = h + (-h) % win, w + (-w) % win
         # Padding after the norm: padded tokens are exact zeros that still act as keys/values.
-        y = F.pad(self.norm1(x), (0, 0, 0, (-w) % win, 0, (-h) % win))
-        hp, wp = y.shape[1], y.shape[2]
+        y = self.attn.padded_qkv(self.norm1(x), hp, wp)
         mask = None
         if s:
             y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
             mask = shift_mask(hp, wp, win, s, y.device, y.dtype)
-        y = from_windows(self.attn(to_windows(y, win), mask), win, hp, wp)
+        y = from_windows(self.attn.attend(to_windows(y, win), mask), win, hp, wp)
         if s:
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        x = x + y[:, :h, :w]
+        # The output projection is per token: only the map's own tokens need it.
+        x = x + linear(self.attn.proj, y[:, :h, :w])
         return x + self.mlp(self.norm2(x))
 
 
