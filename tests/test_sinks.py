@@ -17,7 +17,7 @@ from streamer.config import OutputParams
 from streamer.errors import ConfigError, MediaError
 from streamer.frame import Frame
 from streamer.sinks.open import open_sink
-from streamer.sinks.png_sequence import PngSequenceSink, existing_frames
+from streamer.sinks.png_sequence import DEFAULT_PATTERN, PngSequenceSink, existing_frames
 from streamer.sinks.video_file import FORMATS, VideoFileSink
 from streamer.sources.open import open_source
 
@@ -454,4 +454,7 @@ def test_each_recording_says_what_lets_it_keep_up_with_a_live_source(tmp_path):
     assert "output.preset=ultrafast" in advice[".mp4"]
     assert advice[".mov"].startswith("ProRes is too slow")
     assert advice[".webm"] == advice[".mkv"] == "use a smaller camera size"
-    assert "video file" in PngSequenceSink(str(tmp_path / "f_%04d.png")).keep_up
+    frames = PngSequenceSink(f"{tmp_path}/")
+    assert "video file" in frames.keep_up
+    # The summary names a PNG recording by its pattern, as it names a video by its file.
+    assert frames.path == f"{tmp_path}/{DEFAULT_PATTERN}"

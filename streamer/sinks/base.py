@@ -20,6 +20,8 @@ class Sink(Protocol):
     newest frame wins. False for recordings (files): a live job lets them fall behind by a
     buffer of frames instead (`streamer.pipeline.runner.RECORDING_BUFFER`), so an encoder's burst
     costs no frame. A sink without the attribute counts as real time."""
+    path: str
+    """Recordings: the file, or the pattern of files, that the job's summary names the sink by."""
     keep_up: str
     """Recordings: what the user can change when frames were lost because the sink could not keep
     up with a live source (shown in the job's summary)."""

@@ -73,6 +73,10 @@ class PngSequenceSink:
         self.frames_written = 0
         self._lock = threading.Lock()
 
+    @property
+    def path(self) -> str:
+        return self.pattern
+
     def write(self, frame: Frame) -> None:
         array = output_array(frame)
         with self._lock:
