@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
@@ -25,6 +26,15 @@ def make_frames(n: int, size=(8, 8), time_base=Fraction(1, 25)) -> list[Frame]:
         )
         for i in range(n)
     ]
+
+
+async def until(condition, what: str, timeout: float = 60.0) -> None:
+    """Wait on the event loop until `condition()` holds; the timeout only stops a broken test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
 
 
 class ListSource:

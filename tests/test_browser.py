@@ -60,6 +60,12 @@ READ_PIXELS = """() => {
 }"""
 
 
+def shows_colour(test: str) -> str:
+    """A page predicate: the result's mean colour (r, g, b) passes `test`, a JS expression. Waiting
+    on it lets a control change take as long as a loaded machine needs to reach the picture."""
+    return f"(() => {{ const p = ({READ_PIXELS})(); if (!p) return false; const [r, g, b] = p.mean; return {test}; }})()"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -200,14 +206,10 @@ def test_page_connects_and_shows_the_composite(server, tmp_path):
             assert red > 220 and green < 35 and blue > 220
             # A control change reaches this peer without reconnecting.
             page.evaluate("window.streamer.sendControls({composite: {color: '#00ffff'}})")
-            page.wait_for_timeout(1500)
-            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
-            assert red < 35 and green > 220 and blue > 220
+            page.wait_for_function(shows_colour("r < 35 && g > 220 && b > 220"), timeout=20000)
             # A picture from the operator's folder, picked by name.
             page.select_option("#named-background", "yellow.png")
-            page.wait_for_timeout(1500)
-            red, green, blue = page.evaluate(READ_PIXELS)["mean"]
-            assert red > 220 and green > 220 and blue < 35
+            page.wait_for_function(shows_colour("r > 220 && g > 220 && b < 35"), timeout=20000)
             # The shared model size, with the operator's token (at most --max-size: the starting 64).
             assert page.eval_on_selector_all("#size option", "(o) => o.map((e) => e.value)") == ["32", "64"]
             page.select_option("#size", "32")

@@ -27,7 +27,7 @@ from streamer.pipeline.runner import Pipeline
 from streamer.pipeline.stages import Finisher
 from streamer.propagation import PropagationParams
 from streamer.sources.pace import PacedSource, paced
-from tests.harness import ListSink, ListSource
+from tests.harness import ListSink, ListSource, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -259,14 +259,6 @@ class GatedEngine:
         self.calls.append([int(image[0, 0, 0]) for image in batch])
         out = [image[..., 0].float() / 255 for image in batch]
         return out if isinstance(images, list) else torch.stack(out) if images.ndim == 4 else out[0]
-
-
-async def until(condition, what: str) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_streams_share_one_worker_and_every_frame_comes_out(monkeypatch):

@@ -1,12 +1,11 @@
 import asyncio
 import threading
-import time
 
 import pytest
 
 from streamer.pipeline.queues import END, LatestQueue, LosslessQueue
 from streamer.pipeline.runner import Pipeline, StageError
-from tests.harness import FnStage, ListSink, ListSource, make_frames
+from tests.harness import FnStage, ListSink, ListSource, make_frames, until
 
 
 async def test_latest_queue_drops_oldest_and_keeps_end():
@@ -70,7 +69,9 @@ async def test_live_drops_instead_of_building_latency():
     # Latency stays near one stage time plus one waiting frame; it never grows with the run. A
     # queue that kept every frame would make the last one wait ~1.2 s (60 x 30 ms of work against
     # 60 x 10 ms of camera); the bound leaves a loaded machine 4x the ideal ~0.1 s.
-    assert stats.latencies.max < 0.4
+    # The 90th percentile, so that one stall of a loaded machine cannot fail it; a growing queue
+    # would put two thirds of the frames above the bound.
+    assert stats.latencies.percentile(90) < 0.4
     assert slow.batches == [1] * len(slow.batches)
 
 
@@ -206,7 +207,7 @@ async def test_stop_drains_in_flight_frames_and_closes_sinks():
         ListSource(make_frames(1000), interval=0.002), [FnStage("infer", delay=0.005)], [sink], live=False
     )
     task = asyncio.create_task(pipe.run())
-    await asyncio.sleep(0.3)
+    await until(lambda: sink.frames, "a first frame out")
     pipe.stop()
     stats = await asyncio.wait_for(task, 5)
     assert 0 < len(sink.frames) < 1000 and sink.closed == 1
@@ -228,5 +229,8 @@ async def test_cancel_aborts_and_still_closes_sinks():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sink.closed == 1
-    time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamer-source")]
+    # The reader notices the abort at its next wait for room (every 0.1 s) and ends.
+    await until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("streamer-source")],
+        "the source's thread gone",
+    )

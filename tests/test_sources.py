@@ -132,8 +132,9 @@ def test_close_from_another_thread_stops_iteration(clips):
     for _ in source.frames():
         seen += 1
         if seen == 3:
-            threading.Thread(target=source.close).start()
-            threading.Event().wait(0.2)
+            closer = threading.Thread(target=source.close)
+            closer.start()
+            closer.join()
     assert 3 <= seen <= 4
     source.close()  # twice is fine
 

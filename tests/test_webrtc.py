@@ -27,6 +27,7 @@ from streamer.frame import Frame
 from streamer.live.app import LiveServer
 from streamer.live.serve import build_server
 from streamer.live.worker import InferenceWorker, SlotClosed
+from tests.harness import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,13 +103,6 @@ class GatedEngine:
 def make_frame(index: int, value: int = 0, size: tuple[int, int] = (8, 8)) -> Frame:
     image = torch.full((*size, 3), value, dtype=torch.uint8)
     return Frame(image, index, Fraction(1, 30), index, time.monotonic())
-
-
-async def until(condition, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.002)
 
 
 async def started(engine) -> InferenceWorker:

@@ -20,7 +20,7 @@ import torch
 from streamer.frame import Frame
 from streamer.live import worker as worker_module
 from streamer.live.worker import InferenceWorker
-from tests.harness import make_frames
+from tests.harness import make_frames, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,14 +61,6 @@ class SteppedEngine:
 
     def finish(self) -> None:
         self._go.release()
-
-
-async def until(condition, what: str, timeout: float = 20.0) -> None:
-    """Wait for `condition()` on the event loop (the timeout only stops a broken test)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
-    assert condition(), what
 
 
 class Rig:
