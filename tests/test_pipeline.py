@@ -218,6 +218,32 @@ async def test_stop_drains_in_flight_frames_and_closes_sinks():
     assert [f.index for f in sink.frames] == list(range(len(sink.frames)))
 
 
+async def test_a_frame_given_up_on_stop_was_never_in():
+    # The stage holds its first frame while the job is stopped: the reader, waiting for room,
+    # gives its frame up. Every frame counted in was then delivered or let go, none lost.
+    release, given_up = threading.Event(), threading.Event()
+
+    class Source(ListSource):
+        def frames(self):
+            try:
+                yield from super().frames()
+            finally:  # the reader let go of this generator
+                given_up.set()
+
+    sink = ListSink()
+    stage = FnStage("infer", fn=lambda frame: release.wait(timeout=60))
+    pipe = Pipeline(Source(make_frames(100)), [stage], [sink], live=False)
+    task = asyncio.create_task(pipe.run())
+    await until(lambda: stage.batches, "the first frame in the stage")
+    await until(lambda: len(pipe.stats.queues[0]) == pipe.queue_size, "the queue before it full")
+    pipe.stop()
+    await until(given_up.is_set, "the reader giving up")
+    release.set()
+    stats = await asyncio.wait_for(task, 60)
+    assert len(sink.frames) == 1 and stats.discarded == pipe.queue_size
+    assert stats.frames_in == len(sink.frames) + stats.discarded
+
+
 async def test_cancel_aborts_and_still_closes_sinks():
     sink = ListSink()
     pipe = Pipeline(

@@ -151,14 +151,19 @@ class Pipeline:
         return self.stats
 
     async def _read_source(self, loop, ex, out) -> None:
+        async def admit(frame: Frame) -> None:
+            await out.put(frame)
+            # Counted on the loop once it is in: a frame given up while an aborted job waited for
+            # room never entered it, so `frames_in` is exactly what was delivered or let go.
+            self.stats.frames_in += 1
+
         def pump() -> None:
             try:
                 for frame in self.source.frames():
                     if self._stop.is_set():
                         break
                     frame.captured_at = frame.captured_at or time.monotonic()
-                    self.stats.frames_in += 1
-                    done = asyncio.run_coroutine_threadsafe(out.put(frame), loop)
+                    done = asyncio.run_coroutine_threadsafe(admit(frame), loop)
                     # Backpressure: wait for room, but notice a stop while waiting.
                     while True:
                         try:
