@@ -282,10 +282,11 @@ class VcamSink:
             return
         self._closed = True
         if self.every_frame:
-            # Let the last file frame reach the camera before stopping.
+            # Let the last file frame reach the camera before stopping. The sender takes it at its
+            # next tick; the generous bound is for a machine so loaded that the tick comes late.
             with self._cond:
                 self._cond.wait_for(
-                    lambda: not self._fresh or self._error is not None, timeout=2 / self.fps + 1
+                    lambda: not self._fresh or self._error is not None, timeout=2 / self.fps + 10
                 )
         self._stop.set()
         with self._cond:
