@@ -77,7 +77,7 @@ async def test_the_live_worker_runs_the_network_at_lower_priority():
     worker.start()
     slot = worker.open_slot()
     slot.put(make_frames(1)[0])
-    await asyncio.wait_for(slot.get(), 10)
+    await asyncio.wait_for(slot.get(), 30)
     await worker.aclose()
     assert engine.nice == [min(own_nice() + BACKGROUND_NICE, 19)]
 

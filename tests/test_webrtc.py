@@ -121,9 +121,9 @@ async def test_worker_keeps_one_in_flight_and_the_newest_waiting():
         slot.put(make_frame(i))
     assert slot.dropped == 4  # 1..4 replaced while waiting; 5 waits
     engine.gate.release()
-    first = await asyncio.wait_for(slot.get(), 5)
+    first = await asyncio.wait_for(slot.get(), 30)
     engine.gate.release()
-    second = await asyncio.wait_for(slot.get(), 5)
+    second = await asyncio.wait_for(slot.get(), 30)
     assert (first.index, second.index) == (0, 5)
     assert engine.calls == [1, 1]
     await worker.aclose()
@@ -139,7 +139,7 @@ async def test_worker_batches_all_peers_into_one_predict():
         slot.put(make_frame(10 + n, value=10 * n))
     engine.gate.release()
     engine.gate.release()
-    results = [await asyncio.wait_for(slot.get(), 5) for slot in peers]
+    results = [await asyncio.wait_for(slot.get(), 30) for slot in peers]
     assert engine.calls == [1, 3]
     for n, frame in enumerate(results):
         assert frame.index == 10 + n
@@ -158,7 +158,7 @@ async def test_worker_mixed_sizes_and_closed_slot():
     await asyncio.sleep(0.01)
     a.close()
     with pytest.raises(SlotClosed):
-        await asyncio.wait_for(waiter, 5)
+        await asyncio.wait_for(waiter, 30)
     assert worker.peers == 1
     await worker.aclose()
     assert not any(t.name == "streamer-infer" for t in threading.enumerate())
