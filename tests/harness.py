@@ -28,13 +28,14 @@ def make_frames(n: int, size=(8, 8), time_base=Fraction(1, 25)) -> list[Frame]:
     ]
 
 
-async def until(condition, what: str, timeout: float = 60.0) -> None:
-    """Wait on the event loop until `condition()` holds; the timeout only stops a broken test."""
+async def until(condition, what: str, timeout: float = 60.0, interval: float = 0.002) -> None:
+    """Wait on the event loop until `condition()` holds, checking every `interval` seconds (longer
+    for a costly condition); the timeout only stops a broken test."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(interval)
 
 
 class ListSource:
