@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from streamer.compose.background import VideoBackground
-from streamer.compose.compositor import CompositeParams, Compositor
+from streamer.compose.blur import working_scale
+from streamer.compose.compositor import CompositeParams, Compositor, blend_u8
 from streamer.compose.edges import feather, gamma, grow, threshold
 from streamer.errors import ConfigError
 from tests.harness import params_switched
@@ -54,6 +55,30 @@ def test_torch_path_matches_the_opencv_cpu_path(mode):
     # blur: the coarse grid is resampled differently.
     tolerance = 3 if mode == "blur" else 2
     assert (fast.int() - slow.int()).abs().max() <= tolerance
+
+
+@pytest.mark.parametrize(("size", "radius"), [((141, 183), 25), ((141, 183), 60), ((480, 640), 25)])
+def test_the_blur_shrunk_by_halves_matches_the_torch_path(size, radius):
+    """Radius 25 and 60 work on a grid 4 and 8 times coarser (odd sizes round up at each halving)."""
+    assert working_scale(radius, *size) == (4 if radius == 25 else 8)
+    image, alpha = portrait(*size)
+    compositor = Compositor(CompositeParams(mode="blur", blur_radius=radius), "cpu")
+    fast = compositor(image, alpha, 0.0)
+    compositor.opencv_on_cpu = False
+    assert (fast.int() - compositor(image, alpha, 0.0).int()).abs().max() <= 3
+
+
+def test_the_8_bit_blend_is_within_a_level_of_the_float_blend():
+    """Every (foreground, background, matte) triple of 8-bit values."""
+    levels = np.arange(256, dtype=np.uint8)
+    fg = np.repeat(np.repeat(levels[:, None, None], 256, axis=1), 3, axis=2)
+    back = np.ascontiguousarray(fg.transpose(1, 0, 2))
+    for a in range(256):
+        out = blend_u8(fg, back, np.full((256, 256), a, np.uint8)).astype(int)
+        exact = np.floor(fg * (a / 255) + back * (1 - a / 255) + 0.5)
+        assert np.abs(out - exact).max() <= 1, a
+        if a in (0, 255):
+            assert np.array_equal(out, back if a == 0 else fg)
 
 
 def test_matte_mode_is_the_alpha():

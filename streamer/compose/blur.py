@@ -22,7 +22,10 @@ DETAIL = 6  # a blur of radius r keeps no detail finer than about r/6 pixels: wo
 
 
 def working_scale(radius: int, h: int, w: int) -> int:
-    return max(1, min(radius // DETAIL, h // 8, w // 8))
+    """The coarse grid's step: about radius / DETAIL, rounded down to a power of two because
+    OpenCV shrinks by halves several times faster than by any other factor."""
+    scale = max(1, min(radius // DETAIL, h // 8, w // 8))
+    return 1 << (scale.bit_length() - 1)
 
 
 def blur_background(image: torch.Tensor, alpha: torch.Tensor, radius: int) -> torch.Tensor:
@@ -50,6 +53,15 @@ def blur_background(image: torch.Tensor, alpha: torch.Tensor, radius: int) -> to
     return stacked[0].permute(1, 2, 0)
 
 
+def shrink_by_halves(image: np.ndarray, scale: int) -> np.ndarray:
+    """Box average over `scale` x `scale` cells (a power of two), to ceil(size / scale)."""
+    while scale > 1:
+        h, w = image.shape[:2]
+        image = cv2.resize(image, (-(-w // 2), -(-h // 2)), interpolation=cv2.INTER_AREA)
+        scale //= 2
+    return image
+
+
 def blur_background_cpu(image: np.ndarray, a8: np.ndarray, radius: int) -> np.ndarray:
     """The same with OpenCV on 8-bit data: image uint8 (H, W, 3), a8 uint8 (H, W) -> uint8 (H, W, 3).
 
@@ -60,18 +72,17 @@ def blur_background_cpu(image: np.ndarray, a8: np.ndarray, radius: int) -> np.nd
         return image
     h, w = a8.shape
     scale = working_scale(radius, h, w)
-    size = (-(-w // scale), -(-h // scale))
-    if scale > 1:
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        weight = cv2.resize(cv2.bitwise_not(a8), size, interpolation=cv2.INTER_AREA)
-    else:
-        small, weight = image, cv2.bitwise_not(a8)
-    weight = weight.astype(np.float32) * np.float32(1 / 255)
-    stacked = np.dstack((small.astype(np.float32) * weight[..., None], weight))
+    small = shrink_by_halves(image, scale)
+    weight = cv2.bitwise_not(shrink_by_halves(a8, scale)).astype(np.float32)
+    weight *= np.float32(1 / 255)
+    colour = small.astype(np.float32)
+    colour *= weight[..., None]
     k = 2 * max(1, round(radius / scale)) + 1
     for _ in range(PASSES):
-        stacked = cv2.blur(stacked, (k, k), borderType=cv2.BORDER_REFLECT_101)
-    total = stacked[..., 3:4]
-    out = np.where(total > 1e-3, stacked[..., :3] / np.maximum(total, 1e-3) + 0.5, small)
-    out = np.clip(out, 0, 255).astype(np.uint8)
+        colour = cv2.blur(colour, (k, k), borderType=cv2.BORDER_REFLECT_101)
+        weight = cv2.blur(weight, (k, k), borderType=cv2.BORDER_REFLECT_101)
+    subject = weight <= 1e-3
+    colour /= np.maximum(weight, 1e-3)[..., None]
+    out = cv2.convertScaleAbs(colour)  # rounds and saturates to 8 bits
+    out[subject] = small[subject]
     return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR) if scale > 1 else out
