@@ -42,11 +42,23 @@ def portrait(h: int = 140, w: int = 180) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8), alpha
 
 
-@pytest.mark.parametrize("mode", ["rgba", "color", "blur"])
-def test_torch_path_matches_the_opencv_cpu_path(mode):
+@pytest.mark.parametrize(
+    ("mode", "size", "radius", "step"),
+    [
+        ("rgba", (140, 180), 12, 2),
+        ("color", (140, 180), 12, 2),
+        ("blur", (140, 180), 12, 2),
+        # The blur's coarser grids, reached by halvings (odd sizes round up at each one).
+        ("blur", (141, 183), 25, 4),
+        ("blur", (141, 183), 60, 8),
+        ("blur", (480, 640), 25, 4),
+    ],
+)
+def test_torch_path_matches_the_opencv_cpu_path(mode, size, radius, step):
     """The torch path is what runs on a GPU: on the CPU it must draw the same picture."""
-    image, alpha = portrait()
-    compositor = Compositor(CompositeParams(mode=mode, blur_radius=12), "cpu")
+    assert working_scale(radius, *size) == step
+    image, alpha = portrait(*size)
+    compositor = Compositor(CompositeParams(mode=mode, blur_radius=radius), "cpu")
     fast = compositor(image, alpha, 0.0)
     compositor.opencv_on_cpu = False
     slow = compositor(image, alpha, 0.0)
@@ -55,17 +67,6 @@ def test_torch_path_matches_the_opencv_cpu_path(mode):
     # blur: the coarse grid is resampled differently.
     tolerance = 3 if mode == "blur" else 2
     assert (fast.int() - slow.int()).abs().max() <= tolerance
-
-
-@pytest.mark.parametrize(("size", "radius"), [((141, 183), 25), ((141, 183), 60), ((480, 640), 25)])
-def test_the_blur_shrunk_by_halves_matches_the_torch_path(size, radius):
-    """Radius 25 and 60 work on a grid 4 and 8 times coarser (odd sizes round up at each halving)."""
-    assert working_scale(radius, *size) == (4 if radius == 25 else 8)
-    image, alpha = portrait(*size)
-    compositor = Compositor(CompositeParams(mode="blur", blur_radius=radius), "cpu")
-    fast = compositor(image, alpha, 0.0)
-    compositor.opencv_on_cpu = False
-    assert (fast.int() - compositor(image, alpha, 0.0).int()).abs().max() <= 3
 
 
 def test_the_8_bit_blend_is_within_a_level_of_the_float_blend():
