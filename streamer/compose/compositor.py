@@ -146,10 +146,10 @@ class Compositor:
         if p.mirror:
             image, alpha = image.flip(1), alpha.flip(1)
         alpha = shape_alpha(alpha.clamp(0, 1), p.threshold, p.gamma, p.grow, p.feather)
-        if p.mode == "matte":
-            return to_uint8(alpha).unsqueeze(-1).cpu()
         if self.device.type == "cpu" and self.opencv_on_cpu:
             return self._compose_cpu(image, alpha, t, p)
+        if p.mode == "matte":
+            return to_uint8(alpha).unsqueeze(-1).cpu()
         frame = image.to(torch.float32) / 255.0
         fg = estimate_foreground(frame, alpha) if p.refine_foreground else frame
         if p.mode == "rgba":
@@ -168,6 +168,8 @@ class Compositor:
         """The same picture with OpenCV on 8-bit data: float blending of whole frames is slow here."""
         # OpenCV makes the 8-bit matte ~20x faster than torch's float ops here.
         a8 = cv2.convertScaleAbs(np.ascontiguousarray(alpha.numpy()), alpha=255.0)
+        if p.mode == "matte":
+            return torch.from_numpy(a8[..., None])
         pixels = np.ascontiguousarray(image.numpy())
         fg = estimate_foreground_u8(pixels, a8) if p.refine_foreground else pixels
         if p.mode == "rgba":
