@@ -91,11 +91,22 @@ class Recording(ListSink):
         super().write(frame)
 
 
-async def run_live_with_recording(n: int) -> tuple[Recording, ListSink, object]:
-    """A live pipeline into a real-time sink and a stalled recording. The camera's next frame
-    comes once the real-time sink has the one before (a machine that keeps up, whatever this
-    one's speed); the recording is released once the camera has sent everything."""
-    shown, recording = ListSink(), Recording()
+class StalledPreview(Recording):
+    """A real-time sink (a preview) that stalls the same way."""
+
+    realtime = True
+    keep_up = ""
+    label = "the preview"
+
+
+async def run_live_with_recording(
+    n: int, recording: Recording | None = None
+) -> tuple[Recording, ListSink, object]:
+    """A live pipeline into a real-time sink and a stalled second sink (a recording unless given).
+    The camera's next frame comes once the real-time sink has the one before (a machine that
+    keeps up, whatever this one's speed); the second sink is released once the camera has sent
+    everything."""
+    shown, recording = ListSink(), recording or Recording()
     delivered = threading.Condition()
 
     class Shown(ListSink):
@@ -137,10 +148,23 @@ async def test_a_live_recording_further_behind_than_its_buffer_drops_its_oldest_
     assert len(shown.frames) == n
     # Frame 0 was being written; of the others only the newest RECORDING_BUFFER waited.
     assert [f.index for f in recording.frames] == [0, *range(n - RECORDING_BUFFER, n)]
-    assert stats.dropped == 10
     assert stats.frames_out == [n, RECORDING_BUFFER + 1]
-    # The user is told which output lost frames, and the sink's advice for keeping up.
-    assert "Recording: 10 frames not recorded: it could not keep up (use a faster disk)" in stats.summary()
+    # The user is told which output lost frames, and the sink's advice for keeping up; the job's
+    # own count is of the first output's frames, which lost none.
+    summary = stats.summary().splitlines()
+    assert stats.dropped == 0 and summary[0].startswith(f"frames: {n} in, {n} out, 0 dropped;")
+    assert "Recording: 10 frames not recorded: it could not keep up (use a faster disk)" in summary
+
+
+async def test_a_later_real_time_sink_that_falls_behind_is_named_with_what_it_lost():
+    n = 20
+    preview, shown, stats = await run_live_with_recording(n, StalledPreview())
+    assert len(shown.frames) == n
+    # Frame 0 was being shown; of the others only the newest waited in its one-frame slot.
+    assert [f.index for f in preview.frames] == [0, n - 1]
+    summary = stats.summary().splitlines()
+    assert stats.dropped == 0 and summary[0].startswith(f"frames: {n} in, {n} out, 0 dropped;")
+    assert f"the preview: {n - 2} frames not shown: it could not keep up" in summary
 
 
 async def test_stage_error_stops_everything_and_names_the_stage():

@@ -35,6 +35,12 @@ encodes several at once: one write took 65 ms). About 2 s of a 30 fps camera; th
 already composited, so this holds references, never extra work."""
 
 
+def sink_name(sink: Sink) -> str:
+    """What the job's summary calls a sink: its file, else its label ("the virtual camera")."""
+    path = getattr(sink, "path", None)
+    return str(path) if path is not None else getattr(sink, "label", type(sink).__name__)
+
+
 class StageError(StreamerError):
     """A stage failed for a reason that is not a user mistake; the message names the stage."""
 
@@ -110,10 +116,9 @@ class Pipeline:
         sink_queues = [make_queue(self.live, self._sink_queue_size(sink)) for sink in self.sinks]
         sink_executors = [executor(f"sink{i}") for i in range(len(self.sinks))]
         self.stats.queues = hops + sink_queues
-        self.stats.recordings = [
-            (str(getattr(sink, "path", type(sink).__name__)), queue, getattr(sink, "keep_up", ""))
+        self.stats.outputs = [
+            (sink_name(sink), queue, self._is_recording(sink), getattr(sink, "keep_up", ""))
             for sink, queue in zip(self.sinks, sink_queues, strict=True)
-            if self._is_recording(sink)
         ]
         self.stats.droppers = [stage for stage in self.stages if hasattr(stage, "dropped")]
         self.stats.start()

@@ -79,9 +79,9 @@ class PipelineStats:
     queues: list = field(default_factory=list)
     droppers: list = field(default_factory=list)
     """Stages that let frames go themselves (the live core's backlog), each with `.dropped`."""
-    recordings: list = field(default_factory=list)
-    """(name, queue, what would let it keep up) of each file a live job writes; the queue is where
-    its frames wait for the encoder."""
+    outputs: list = field(default_factory=list)
+    """(name, queue, is a recording, what would let it keep up) of each sink in order; the queue is
+    where its frames wait for it (a live job's recordings, files, wait longest)."""
     started: float = 0.0
     ended: float = 0.0
     clock: Callable[[], float] = time.monotonic
@@ -108,7 +108,11 @@ class PipelineStats:
 
     @property
     def dropped(self) -> int:
-        return sum(q.dropped for q in (*self.queues, *self.droppers))
+        """Frames lost on the way to the first sink, whose frames `out` counts (so a finished
+        job's in = out + dropped + discarded); what a later sink lost waiting for itself is that
+        sink's own line of the summary."""
+        own = {id(queue) for _, queue, *_ in self.outputs[1:]}
+        return sum(q.dropped for q in (*self.queues, *self.droppers) if id(q) not in own)
 
     @property
     def max_queue_depth(self) -> int:
@@ -135,8 +139,10 @@ class PipelineStats:
                 f"end-to-end latency: p50 {1000 * self.latencies.percentile(50):.0f} ms, "
                 f"p95 {1000 * self.latencies.percentile(95):.0f} ms"
             )
-        for name, queue, keep_up in self.recordings:
-            if queue.dropped:
+        for index, (name, queue, recording, keep_up) in enumerate(self.outputs):
+            # The first sink's losses are in the line above; a recording is also named on its own.
+            if queue.dropped and (index or recording):
                 fix = f" ({keep_up})" if keep_up else ""
-                lines.append(f"{name}: {queue.dropped} frames not recorded: it could not keep up{fix}")
+                lost = "not recorded" if recording else "not shown"
+                lines.append(f"{name}: {queue.dropped} frames {lost}: it could not keep up{fix}")
         return "\n".join(lines)

@@ -22,6 +22,8 @@ class Sink(Protocol):
     costs no frame. A sink without the attribute counts as real time."""
     path: str
     """Recordings: the file, or the pattern of files, that the job's summary names the sink by."""
+    label: str
+    """Other sinks: what the job's summary names the sink by ("the virtual camera")."""
     keep_up: str
     """Recordings: what the user can change when frames were lost because the sink could not keep
     up with a live source (shown in the job's summary)."""

@@ -39,6 +39,7 @@ def to_bgr(output: np.ndarray, background: tuple[int, int, int] = (0, 0, 0)) -> 
 
 class PreviewSink:
     realtime = True
+    label = "the preview"
 
     def __init__(
         self,

@@ -222,6 +222,7 @@ class VcamSink:
     """
 
     realtime = True
+    label = "the virtual camera"
 
     def __init__(
         self,
