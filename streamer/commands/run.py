@@ -40,7 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     options.add_config_options(p)
     options.add_model_options(p)
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model (CUDA; on a CPU: torch, minutes to compile)",
+    )
     p.add_argument("--batch", type=int, help="frames per inference call for file jobs")
     options.add_look_options(p)
     out = p.add_argument_group("output")
