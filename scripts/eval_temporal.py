@@ -16,7 +16,9 @@ streamer.propagation. There "raw" is the propagated matte without any temporal s
 keyframe taken as it is: `propagation.fuse` 1, `fuse_median` off) and "smoothed" is what a live
 job delivers with both of its temporal smoothers: keyframes fused where the picture is still (the
 median of the newest three network results, then averaged with the matte shown on the keyframe's
-frame: `propagation.fuse`, `fuse_median`, defaults), then the per-frame smoother. Its rows count resets too (a keyframe gap must not be one).
+frame: `propagation.fuse`, `fuse_median`, defaults), then the per-frame smoother, told the interval
+between keyframes as the live core tells it (`smoothing.keyframe_span`). Its rows count resets too
+(a keyframe gap must not be one).
 
 Propagated rows also split the flicker by frame (each part's share of the overall mean, so the
 parts add up): frames of a still subject, frames where a keyframe arrives while it moves, and the
@@ -111,8 +113,11 @@ def run(
             if matte is None:
                 continue  # before the first result: nothing to smooth
             raw = torch.from_numpy(matte_plain)
+        interval = None  # seconds between the last two keyframes, as the live core measures it
+        if network is not None and len(network.results) > 1:
+            interval = (network.results[-1][0] - network.results[-2][0]) / fps
         start = time.perf_counter()
-        out = smoother(raw if propagator is None else torch.from_numpy(matte), image, t)
+        out = smoother(raw if propagator is None else torch.from_numpy(matte), image, t, interval)
         elapsed += time.perf_counter() - start
         smoothed += 1
         sums["mad_raw"] += float((raw - truth).abs().sum())

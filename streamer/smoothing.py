@@ -5,7 +5,8 @@ specks come and go) even when nothing in the picture changes. The smoother blend
 matte into the previous result with a per-pixel weight:
 
 * where the *image* is still, the weight comes from a time constant in seconds,
-  `1 - exp(-dt / tau)`, so 15 fps and 60 fps converge alike over the same time span;
+  `1 - exp(-dt / tau)`, so 15 fps and 60 fps converge alike over the same time span; with
+  propagated mattes (a live job's network on keyframes) it spans a few keyframe intervals;
 * where the image moves, the weight goes to 1 and the new matte is taken as is (no lag);
 * a large matte change over a still image is treated as network noise, unless it persists
   (it then gets through within a few time constants).
@@ -34,6 +35,16 @@ class SmoothingParams(Params):
     """0 = off, 1 = strongest; scales the still-region time constant up to `max_time_constant`."""
     max_time_constant: Number(0, 10) = 0.3
     """Seconds: the time constant of still regions at strength 1."""
+    keyframe_span: Number(0, 100) = 3.0
+    """With propagated mattes (the network on keyframes, its results carried to every frame), the
+    still-region time constant at strength 1 is at least this many keyframe intervals (0 = seconds
+    only). A still region's matte then changes only when a keyframe arrives, so a time constant
+    shorter than the interval averages nothing: each keyframe's noise would come through whole,
+    only eased in over a few frames (BENCHMARKS.md, "Temporal smoothing")."""
+    max_keyframe_time_constant: Number(0, 10) = 0.9
+    """Seconds, at strength 1: the most `keyframe_span` raises the time constant to. Longer ones
+    are slow to take a keyframe's correction of a matte carried over motion: with keyframes 0.77 s
+    apart, 1.5 s (at strength 0.5, 0.77 s) got MAD worse than no smoothing in one of three seeds."""
     motion_threshold: Number(0, 1) = 0.01
     """Mean grey-level change (0..1) below which a region counts as still (sensor noise)."""
     motion_range: Number(1e-6, 1) = 0.02
@@ -52,6 +63,14 @@ class SmoothingParams(Params):
     @property
     def time_constant(self) -> float:
         return self.strength * self.max_time_constant
+
+    def still_time_constant(self, keyframe_interval: float | None = None) -> float:
+        """Seconds: the time constant of still regions, given the interval between keyframes
+        when mattes are propagated (None: every matte is a network's own)."""
+        if keyframe_interval is None:
+            return self.time_constant
+        span = min(self.keyframe_span * keyframe_interval, self.max_keyframe_time_constant)
+        return self.strength * max(self.max_time_constant, span)
 
 
 def grey_cells(image: torch.Tensor, grid: int) -> torch.Tensor:
@@ -97,9 +116,9 @@ def grow_max_torch(weight: torch.Tensor, reach: int) -> torch.Tensor:
     return F.max_pool2d(weight, (k, 1), stride=1, padding=(reach, 0))[0, 0]
 
 
-def still_weight(dt: float, params: SmoothingParams) -> float:
+def still_weight(dt: float, params: SmoothingParams, keyframe_interval: float | None = None) -> float:
     """Weight of the new matte in still regions after `dt` seconds (exact for any frame rate)."""
-    tau = params.time_constant
+    tau = params.still_time_constant(keyframe_interval)
     if tau <= 0.0:
         return 1.0
     return 1.0 - math.exp(-dt / tau)
@@ -152,7 +171,11 @@ class TemporalSmoother:
         self._time: float | None = None
         self._grid: int | None = None
 
-    def __call__(self, alpha: torch.Tensor, image: torch.Tensor, t: float) -> torch.Tensor:
+    def __call__(
+        self, alpha: torch.Tensor, image: torch.Tensor, t: float, keyframe_interval: float | None = None
+    ) -> torch.Tensor:
+        """The smoothed matte of the frame at time `t`. `keyframe_interval`: seconds between the
+        network's results when `alpha` is a propagated matte (None: it is a network's own)."""
         params = self.params
         if not params.enabled or params.strength <= 0.0:
             self.reset()
@@ -164,7 +187,8 @@ class TemporalSmoother:
             self.resets += 1
         else:
             weight = follow_weight(grey, self._grey, params)
-            out = blend(self._alpha, alpha.to(torch.float32), weight, still_weight(t - self._time, params))
+            still = still_weight(t - self._time, params, keyframe_interval)
+            out = blend(self._alpha, alpha.to(torch.float32), weight, still)
         self._alpha, self._grey, self._time, self._grid = out, grey, t, params.motion_scale
         return out
 

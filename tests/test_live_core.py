@@ -221,6 +221,42 @@ def test_rates_use_the_injected_clock():
     assert core.stats.keyframe_rate.rate(clock.now) == pytest.approx(3, rel=0.01)
 
 
+class RecordingSmoother:
+    """Passes the matte through and records the keyframe interval each frame was smoothed with."""
+
+    def __init__(self) -> None:
+        self.intervals: list[float | None] = []
+
+    def __call__(self, alpha, image, t, keyframe_interval=None):
+        self.intervals.append(keyframe_interval)
+        return alpha
+
+
+def test_the_smoother_is_told_the_keyframe_interval_of_propagated_mattes():
+    """Keyframes every 10th frame at 30 fps: once two have come back, the smoother gets 1/3 s
+    (in the frames' own time) with every propagated matte; with propagation off, None."""
+    slot, smoother = StandInSlot(), RecordingSmoother()
+    core = LiveCore(
+        slot,
+        Finisher(smoother, Compositor(CompositeParams(mode="matte"))),
+        Settings(PropagationParams()),
+        make_propagator=RecordingPropagator,
+        clock=Clock(),
+    )
+    for i in range(40):
+        core.on_frame(frame(i))
+        if i % 10 == 9:
+            core.on_result(slot.result(slot.take(), alpha(0.5)))  # a result on every 10th frame
+    assert smoother.intervals[:10] == [None] * 10  # one result so far: no interval yet
+    assert smoother.intervals[-1] == pytest.approx(10 / 30)
+    assert all(v == pytest.approx(10 / 30) for v in smoother.intervals[19:])
+    core.settings.params = PropagationParams(enabled=False)
+    for i in range(40, 43):
+        core.on_frame(frame(i))
+    core.on_result(slot.result(slot.take(), alpha(0.5)))
+    assert smoother.intervals[-1] is None  # the network's own matte
+
+
 def test_a_late_result_is_carried_to_the_current_frame():
     # The real propagator: a bright square moving 2 px a frame; the network saw frame 0.
     def picture(i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,9 @@ HOLD_SHARE = 0.8
 """A keyframe waits for its own result when the network's last batch took at most this share of
 a frame interval: the network keeps up, and the result is back before the next frame."""
 
+MAX_KEYFRAME_INTERVAL = 10.0
+"""Seconds: a longer gap between keyframes is a stall or a seek, not the network's pace."""
+
 
 class Settings:
     """A stream's propagation parameters, replaceable while it runs (live controls).
@@ -108,6 +111,9 @@ class LiveCore:
         self._pending: tuple[Frame, np.ndarray | None] | None = None
         self._interval: float | None = None
         self._last_time: float | None = None
+        self._keyframe_interval: float | None = None
+        """Seconds between keyframes, in the frames' own time (smoothed), for the smoother."""
+        self._last_keyframe_time: float | None = None
         self._shown: torch.Tensor | None = None
         """The matte of the last frame delivered (smoothed, on the compositor's device)."""
         self.stats = CoreStats()
@@ -149,6 +155,7 @@ class LiveCore:
             raise result
         self.stats.keyframes += 1
         self.stats.keyframe_rate.tick(self._clock())
+        self._note_keyframe(result.time)
         frame_id = result.meta["live_id"]
         if self._propagator is None:
             return [self._finish(result, result.alpha, propagated=False)]
@@ -198,6 +205,14 @@ class LiveCore:
             self._interval = gap if self._interval is None else self._interval + 0.1 * (gap - self._interval)
         self._last_time = t
 
+    def _note_keyframe(self, t: float) -> None:
+        last, self._last_keyframe_time = self._last_keyframe_time, t
+        if last is None or not 0.0 < t - last < MAX_KEYFRAME_INTERVAL:
+            return  # the first, a seek, or a network stalled far beyond what smoothing could use
+        gap = t - last
+        before = self._keyframe_interval
+        self._keyframe_interval = gap if before is None else before + 0.2 * (gap - before)
+
     def _release_pending(self) -> list[Frame]:
         pending, self._pending = self._pending, None
         if pending is None:
@@ -229,7 +244,7 @@ class LiveCore:
         # Network and propagated mattes on one device (a GPU's, when there is one): the smoother
         # starts over whenever the device changes.
         alpha = alpha.to(self.finisher.compositor.device, non_blocking=True)
-        self.finisher(frame, alpha)
+        self.finisher(frame, alpha, self._keyframe_interval if self._propagator is not None else None)
         self._shown = frame.alpha
         return self._deliver(frame, propagated=propagated)
 

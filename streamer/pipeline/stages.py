@@ -43,9 +43,11 @@ class Finisher:
         self.smoother = smoother
         self.compositor = compositor
 
-    def __call__(self, frame: Frame, alpha: torch.Tensor) -> Frame:
+    def __call__(self, frame: Frame, alpha: torch.Tensor, keyframe_interval: float | None = None) -> Frame:
+        """`keyframe_interval`: seconds between network results when `alpha` was carried from
+        one by propagation (the smoother then averages over a few of them)."""
         if self.smoother is not None:
-            alpha = self.smoother(alpha, frame.image, frame.time)
+            alpha = self.smoother(alpha, frame.image, frame.time, keyframe_interval)
         frame.alpha = alpha
         frame.output = self.compositor(frame.image, alpha, frame.time)
         return frame
