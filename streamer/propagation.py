@@ -84,8 +84,16 @@ class PropagationParams(Params):
     dropped instead of halved, and a real change shows from the second keyframe that has it on.
     Off (with `fuse` 1) = each keyframe as it is."""
     fuse_motion: Number(1e-3, 1000) = 2.0
-    """Motion since the last keyframe, in small-image pixels, at which the new keyframe is taken
-    as it is (the carried matte may have drifted there; linear below)."""
+    """Motion since the last keyframe, in small-image pixels, at which the picture counts as moved
+    (linear below): the median and the plain average stop there, and `fuse_agree` decides."""
+    fuse_agree: Number(0, 1) = 0.2
+    """Where the picture moved since the last keyframe, the new keyframe is still averaged (by
+    `fuse`) with the matte carried to its frame where the two differ by at most this: the
+    network's noise at a moving edge, which the flow would otherwise carry along with the subject
+    until the next keyframe (BENCHMARKS.md, "Temporal smoothing")."""
+    fuse_agree_range: Number(1e-6, 1) = 0.3
+    """Difference above `fuse_agree` over which the new keyframe's weight rises to 1: a carried
+    matte that drifted, or a subject that changed shape, is replaced, not averaged."""
 
 
 def small_size(height: int, width: int, flow_width: int) -> tuple[int, int]:
@@ -427,7 +435,8 @@ class Propagator:
         """A keyframe's matte (on `stored`'s pixels) fused with what was shown on that frame (the
         last keyframe carried to it), where the picture has not moved between the two keyframes'
         frames and that carry is trusted: there they differ only by the network's noise. Where
-        the picture moved, or the carry is not trusted, the new matte is taken.
+        the picture moved they are averaged only where they agree that closely (`fuse_agree`);
+        where the carry is not trusted, the new matte is taken.
 
         The partner is the matte *of the keyframe's frame*, not the matte in use carried back to
         it: the matte in use may have been carried over motion since, and its drift would be
@@ -458,7 +467,7 @@ class Propagator:
             new.prior, new.prior_trust = before, 1.0 - take
         previous = _remap(anchor.matte, positions)
         still = previous + np.float32(params.fuse) * (still - previous)
-        return still + take * (new.raw - still)
+        return still + take * (_agreeing(new.raw, previous, trust, params) - still)
 
     def _initial_flow(self, older: _Seen, newest: _Seen) -> np.ndarray | None:
         """A guess of the flow newest -> older from both frames' flows to the same old anchor
@@ -501,6 +510,20 @@ class Propagator:
         carried *= trust
         carried += fallback
         return carried
+
+
+def _agreeing(
+    new: np.ndarray, carried: np.ndarray, trust: np.ndarray, params: PropagationParams
+) -> np.ndarray:
+    """A keyframe's matte where the picture moved: averaged (`fuse`) with the carried matte where
+    the two differ by no more than the network's noise and the carry is trusted; as it is where
+    they differ more (the carry drifted, the shape changed)."""
+    differ = np.abs(new - carried)
+    differ -= np.float32(params.fuse_agree)
+    differ *= np.float32(1.0 / params.fuse_agree_range)
+    np.clip(differ, 0.0, 1.0, out=differ)
+    keep = (1.0 - differ) * trust * np.float32(1.0 - params.fuse)
+    return new + keep * (carried - new)
 
 
 def _coarse(flow: np.ndarray) -> np.ndarray:

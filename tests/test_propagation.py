@@ -354,6 +354,26 @@ def test_keyframes_are_averaged_where_the_picture_is_still_and_taken_where_it_mo
         assert abs(out[:20, :20].mean() - 0.5) < 0.05, median  # a still corner of the background
 
 
+def test_where_the_subject_moved_keyframes_that_agree_are_averaged_and_a_new_shape_is_taken():
+    """`fuse_agree`: on a moving subject, a new keyframe that differs from the carried matte by
+    the network's noise (0.1 here) is averaged with it, so that noise does not travel with the
+    subject; one that differs by more (a drifted carry, a new shape: 1.0 here) is taken as it is."""
+    scene = Scene()
+    shots = [scene.frame(translation(i, speed=4.0)) for i in range(6)]
+    on_subject = (shots[0][1] > 0.99) & (shots[5][1] > 0.99)
+    for later, expected in ((0.8, 0.85), (0.0, 0.0)):  # the first keyframe says 0.9 on the subject
+        for agree, want in ((0.2, expected), (0.0, later)):  # fuse_agree 0: every difference counts
+            prop = Propagator(PropagationParams(fuse=0.5, fuse_agree=agree, fuse_agree_range=0.05))
+            prop.step(0, shots[0][0])
+            prop.keyframe(0, 0.9 * shots[0][1])
+            for i in range(1, 6):
+                prop.step(i, shots[i][0])
+            prop.keyframe(5, later * shots[5][1])
+            out = prop.current()
+            assert abs(float(np.median(out[on_subject])) - want) < 0.02, (later, agree)
+            assert np.allclose(out[:20, :20], 0, atol=1e-3)  # the background: 0 in both
+
+
 def test_a_still_pictures_one_off_keyframe_error_is_dropped_and_a_lasting_change_shows():
     """`fuse_median`: where nothing moved, each keyframe becomes the median of itself, the one
     before and the matte in use. A blob in one keyframe alone never shows; a change the network
