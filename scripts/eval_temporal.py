@@ -16,7 +16,8 @@ streamer.propagation. There "raw" is the propagated matte without any temporal s
 keyframe taken as it is: `propagation.fuse` 1, `fuse_median` off) and "smoothed" is what a live
 job delivers with both of its temporal smoothers: keyframes fused where the picture is still (the
 median of the newest three network results, then averaged with the matte shown on the keyframe's
-frame: `propagation.fuse`, `fuse_median`, defaults), then the per-frame smoother, told the interval
+frame: `propagation.fuse`, `fuse_median`, defaults; where it moved, averaged only where the two
+agree: `fuse_agree`), then the per-frame smoother, told the interval
 between keyframes as the live core tells it (`smoothing.keyframe_span`). Its rows count resets too
 (a keyframe gap must not be one).
 
