@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamer.frame import Frame
-from streamer.live.stats import LatencyWindow, RateMeter
+from streamer.live.stats import Interval, LatencyWindow, RateMeter
 from streamer.pipeline.stats import Distribution, PipelineStats
 
 
@@ -108,3 +108,18 @@ def test_live_meters_keep_a_bounded_window():
     for i in range(10_000):
         window.add(i / 1000)
     assert len(window._values) == 120 and window.percentile(0) == pytest.approx(9.88)
+
+
+def test_an_interval_averages_the_gaps_and_leaves_out_stalls_and_seeks():
+    interval = Interval(longest=1.0, weight=0.5)
+    interval.note(10.0)
+    assert interval.value is None and interval.last == 10.0  # one time: no gap yet
+    interval.note(10.2)
+    assert interval.value == pytest.approx(0.2)
+    interval.note(10.6)
+    assert interval.value == pytest.approx(0.3)  # halfway to the new gap of 0.4
+    for t in (12.0, 12.0, 11.0):  # a stall, the same time again, a seek back
+        interval.note(t)
+        assert interval.value == pytest.approx(0.3) and interval.last == t
+    interval.note(11.1)
+    assert interval.value == pytest.approx(0.2)

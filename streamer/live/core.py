@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from streamer.frame import Frame
-from streamer.live.stats import LatencyWindow, RateMeter
+from streamer.live.stats import Interval, LatencyWindow, RateMeter
 from streamer.live.worker import InferenceWorker, SlotClosed, WorkerSlot
 from streamer.pipeline.stages import Finisher
 from streamer.propagation import PropagationParams, Propagator
@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 HOLD_SHARE = 0.8
 """A keyframe waits for its own result when the network's last batch took at most this share of
 a frame interval: the network keeps up, and the result is back before the next frame."""
-
-MAX_KEYFRAME_INTERVAL = 10.0
-"""Seconds: a longer gap between keyframes is a stall or a seek, not the network's pace."""
 
 
 class Settings:
@@ -109,11 +106,10 @@ class LiveCore:
         """The first frame id the current propagator stepped: older results are not its own."""
         self._next_id = 0
         self._pending: tuple[Frame, np.ndarray | None] | None = None
-        self._interval: float | None = None
-        self._last_time: float | None = None
-        self._keyframe_interval: float | None = None
-        """Seconds between keyframes, in the frames' own time (smoothed), for the smoother."""
-        self._last_keyframe_time: float | None = None
+        self._interval = Interval(longest=1.0, weight=0.1)
+        """Between camera frames."""
+        self._keyframe_interval = Interval(longest=10.0, weight=0.2)
+        """Between keyframes, in the frames' own time, for the smoother (a CPU's come 0.1-1 s apart)."""
         self._shown: torch.Tensor | None = None
         """The matte of the last frame delivered (smoothed, on the compositor's device)."""
         self.stats = CoreStats()
@@ -126,7 +122,7 @@ class LiveCore:
         self._next_id += 1
         frame.meta["live_id"] = frame_id
         self.stats.frames += 1
-        self._note_interval(frame.time)
+        self._interval.note(frame.time)
         out = self._release_pending()
         params = self.settings.params
         propagator = self._propagator_for(params, frame_id)
@@ -155,7 +151,7 @@ class LiveCore:
             raise result
         self.stats.keyframes += 1
         self.stats.keyframe_rate.tick(self._clock())
-        self._note_keyframe(result.time)
+        self._keyframe_interval.note(result.time)
         frame_id = result.meta["live_id"]
         if self._propagator is None:
             return [self._finish(result, result.alpha, propagated=False)]
@@ -197,21 +193,8 @@ class LiveCore:
 
     def _network_keeps_up(self) -> bool:
         infer = self.slot.last_infer_s
-        return bool(infer) and self._interval is not None and infer <= HOLD_SHARE * self._interval
-
-    def _note_interval(self, t: float) -> None:
-        if self._last_time is not None and 0.0 < t - self._last_time < 1.0:
-            gap = t - self._last_time
-            self._interval = gap if self._interval is None else self._interval + 0.1 * (gap - self._interval)
-        self._last_time = t
-
-    def _note_keyframe(self, t: float) -> None:
-        last, self._last_keyframe_time = self._last_keyframe_time, t
-        if last is None or not 0.0 < t - last < MAX_KEYFRAME_INTERVAL:
-            return  # the first, a seek, or a network stalled far beyond what smoothing could use
-        gap = t - last
-        before = self._keyframe_interval
-        self._keyframe_interval = gap if before is None else before + 0.2 * (gap - before)
+        interval = self._interval.value
+        return bool(infer) and interval is not None and infer <= HOLD_SHARE * interval
 
     def _release_pending(self) -> list[Frame]:
         pending, self._pending = self._pending, None
@@ -244,7 +227,8 @@ class LiveCore:
         # Network and propagated mattes on one device (a GPU's, when there is one): the smoother
         # starts over whenever the device changes.
         alpha = alpha.to(self.finisher.compositor.device, non_blocking=True)
-        self.finisher(frame, alpha, self._keyframe_interval if self._propagator is not None else None)
+        keyframe_interval = self._keyframe_interval.value if self._propagator is not None else None
+        self.finisher(frame, alpha, keyframe_interval)
         self._shown = frame.alpha
         return self._deliver(frame, propagated=propagated)
 

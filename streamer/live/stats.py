@@ -31,6 +31,28 @@ class RateMeter:
             self._times.popleft()
 
 
+class Interval:
+    """A running average of the gaps between successive times (seconds); a gap outside
+    (0, `longest`) is a stall or a seek, not the pace, and is left out."""
+
+    def __init__(self, longest: float, weight: float) -> None:
+        self.longest, self.weight = longest, weight
+        self.value: float | None = None
+        self._last: float | None = None
+
+    @property
+    def last(self) -> float | None:
+        """The time noted last."""
+        return self._last
+
+    def note(self, t: float) -> None:
+        last, self._last = self._last, t
+        if last is None or not 0.0 < t - last < self.longest:
+            return
+        gap = t - last
+        self.value = gap if self.value is None else self.value + self.weight * (gap - self.value)
+
+
 class LatencyWindow:
     """The last `size` latencies (seconds) and their percentiles."""
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamer.frame import Frame
+from streamer.live.stats import Interval
 from streamer.pipeline.stages import predict_alphas
 from streamer.priority import BACKGROUND_NICE, lower_thread_priority
 
@@ -93,10 +94,9 @@ class WorkerSlot:
         self._worker = worker
         self._prepare = prepare
         self._waiting: object | None = None
-        self._last_put: float | None = None
-        """When the newest frame was put: the waiting frame's arrival, when one waits."""
-        self.interval: float | None = None
-        """Smoothed seconds between two frames put (None until there were two)."""
+        self._puts = Interval(longest=1.0, weight=0.1)
+        """Between two frames put (a pause is not a frame rate); `.last` is the waiting frame's
+        arrival, when one waits."""
         self._in_flight = False
         self.last_taken: object | None = None
         """The last item the engine took (what `put` was given), for callers that pace their offers."""
@@ -131,7 +131,7 @@ class WorkerSlot:
             if self._waiting is not None:
                 self.dropped += 1
             self._waiting = frame
-            self._note_interval(now)
+            self._puts.note(now)
             self.submitted += 1
             self._worker._cond.notify()
 
@@ -156,24 +156,18 @@ class WorkerSlot:
             self._unsent = False
             self._worker._cond.notify()
 
-    def _note_interval(self, now: float) -> None:
-        if self._last_put is not None:
-            gap = now - self._last_put
-            if gap < 1.0:  # a pause is not a frame rate
-                self.interval = gap if self.interval is None else self.interval + 0.1 * (gap - self.interval)
-        self._last_put = now
-
     # Called by the worker thread with the lock held.
     def _successor_due(self, now: float) -> tuple[float, float] | None:
         """(expected, latest) arrival of the successor of a stale waiting frame; None if not stale.
 
         Stale: older than a quarter interval, so what the network starts on is at most that old."""
-        if self._waiting is None or self._in_flight or self.closed or self.interval is None:
+        interval, last_put = self._puts.value, self._puts.last
+        if self._waiting is None or self._in_flight or self.closed or interval is None:
             return None
-        if now - self._last_put <= self.interval / 4:
+        if now - last_put <= interval / 4:
             return None
         # A quarter interval more before giving up, for network jitter.
-        return self._last_put + self.interval, self._last_put + 1.25 * self.interval
+        return last_put + interval, last_put + 1.25 * interval
 
     @property
     def _ready_to_take(self) -> bool:
