@@ -102,7 +102,7 @@ class Run:
             self.propagated.keyframe(start, alpha)
         a = self.newest.step(i, image)
         began = time.perf_counter()
-        b = self.propagated.step(i, image)
+        b = self.propagated.step(i, image, self.network.keyframe_interval())
         self.step_ms.append((time.perf_counter() - began) * 1000)
         self.network.start(i)
         if a is not None and b is not None:

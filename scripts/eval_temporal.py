@@ -109,14 +109,14 @@ def run(
                 result = scene.network(clocks[start]).numpy()
                 propagator.keyframe(start, result)
                 plain.keyframe(start, result)
-            matte, matte_plain = propagator.step(i, image.numpy()), plain.step(i, image.numpy())
+            interval = network.keyframe_interval()  # as the live core measures it
+            matte = propagator.step(i, image.numpy(), interval)
+            matte_plain = plain.step(i, image.numpy(), interval)
             network.start(i)
             if matte is None:
                 continue  # before the first result: nothing to smooth
             raw = torch.from_numpy(matte_plain)
-        interval = None  # seconds between the last two keyframes, as the live core measures it
-        if network is not None and len(network.results) > 1:
-            interval = (network.results[-1][0] - network.results[-2][0]) / fps
+        interval = network.keyframe_interval() if network is not None else None
         start = time.perf_counter()
         out = smoother(raw if propagator is None else torch.from_numpy(matte), image, t, interval)
         elapsed += time.perf_counter() - start

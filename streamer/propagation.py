@@ -53,7 +53,16 @@ class PropagationParams(Params):
     """Width of the small grey images that flow runs on (height keeps the aspect ratio)."""
     flow_finest_scale: Whole(0, 4) = 2
     """DIS's finest pyramid level: 2 = the ultrafast preset's (flow found at a quarter of the small
-    image's resolution); 1 = at half, about twice the DIS time, sharper moving edges (BENCHMARKS.md)."""
+    image's resolution); 1 = at half, 3-4 times the DIS time, sharper moving edges (BENCHMARKS.md).
+    Slow networks get one level finer anyway: `fine_flow_interval`."""
+    fine_flow_interval: Number(0, 3600) = 0.5
+    """Seconds between keyframes (as the caller measures them) from which the flow is found one
+    pyramid level finer than `flow_finest_scale` (0 = never). DIS smooths the flow across a moving
+    edge, so the background beside the subject is dragged along with it, by a share of the motion
+    carried since the keyframe: the longer the carry, the larger the error. With a slow network
+    (torch on a 2-core CPU, keyframes ~0.77 s apart) the finer level pays for its ~3.6x DIS time
+    (about +2 ms a frame at 320x240 on one core); with keyframes 0.2-0.3 s apart (OpenVINO) the
+    carry is short and the coarse flow does as well (BENCHMARKS.md, "Temporal smoothing")."""
     history: Whole(1, 100_000) = 120
     """Frames whose small grey images are kept to carry a late keyframe forward. A keyframe older
     than that is carried from the oldest kept frame (the motion before it is not known)."""
@@ -94,6 +103,12 @@ class PropagationParams(Params):
     fuse_agree_range: Number(1e-6, 1) = 0.3
     """Difference above `fuse_agree` over which the new keyframe's weight rises to 1: a carried
     matte that drifted, or a subject that changed shape, is replaced, not averaged."""
+
+
+def finest_scale(params: PropagationParams, keyframe_interval: float | None = None) -> int:
+    """DIS's finest pyramid level for keyframes `keyframe_interval` s apart (None: not known)."""
+    fine = params.fine_flow_interval > 0 and (keyframe_interval or 0.0) >= params.fine_flow_interval
+    return max(0, params.flow_finest_scale - 1) if fine else params.flow_finest_scale
 
 
 def small_size(height: int, width: int, flow_width: int) -> tuple[int, int]:
@@ -327,8 +342,12 @@ class Propagator:
         out = _resize(matte, *self._frame_size)
         return out.copy() if out is matte else out  # never the state itself
 
-    def step(self, frame_id: int, image: np.ndarray) -> np.ndarray | None:
-        """The matte of this frame, (H, W) float32 in 0..1, or None before the first keyframe."""
+    def step(
+        self, frame_id: int, image: np.ndarray, keyframe_interval: float | None = None
+    ) -> np.ndarray | None:
+        """The matte of this frame, (H, W) float32 in 0..1, or None before the first keyframe.
+        `keyframe_interval`: seconds between the network's results, when known (it picks the
+        flow's precision: `fine_flow_interval`)."""
         params = self.params
         height, width = image.shape[:2]
         if self._frame_size != (height, width) or (self._newest is not None and frame_id <= self._newest):
@@ -340,8 +359,10 @@ class Propagator:
             self._history.clear()
             self._matte = self._anchor = self._flow = None
             return self.current()
-        if params.flow_finest_scale != self._dis_scale:
-            self._dis, self._dis_scale = new_dis(params.flow_finest_scale), params.flow_finest_scale
+        scale = finest_scale(params, keyframe_interval)
+        if scale != self._dis_scale:
+            # Flows keep their units (small-image pixels) across levels: the warm start still holds.
+            self._dis, self._dis_scale = new_dis(scale), scale
         grey = small_grey(image, params.flow_width)
         if self._history and self._history[-1].grey.shape != grey.shape:
             # flow_width changed: the stored images cannot be compared; restart from the matte.

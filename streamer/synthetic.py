@@ -138,6 +138,7 @@ class SimulatedNetwork:
     (frame it started on, frame its result arrived at)."""
 
     def __init__(self, latency: float, fps: float, keyframe_every: int = 1):
+        self.fps = fps
         self.lag = max(1, math.ceil(latency * fps - 1e-9))
         self.keyframe_every = keyframe_every
         self.results: list[tuple[int, int]] = []
@@ -151,6 +152,13 @@ class SimulatedNetwork:
         start, self._pending = self._pending, None
         self.results.append((start, frame))
         return start
+
+    def keyframe_interval(self) -> float | None:
+        """Seconds between the frames of the last two results (what a live core measures), or
+        None before two have arrived."""
+        if len(self.results) < 2:
+            return None
+        return (self.results[-1][0] - self.results[-2][0]) / self.fps
 
     def start(self, frame: int) -> bool:
         """Call once frame `frame` is in: whether the network starts on it (it is free)."""

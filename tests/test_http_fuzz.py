@@ -65,7 +65,7 @@ COMPOSITE_KEYS = ["mode", "color", "background", "blur_radius", "refine_foregrou
 COMPOSITE_KEYS += ["grow", "feather", "mirror", "unknown"]
 SMOOTHING_KEYS = ["enabled", "strength", "max_time_constant", "motion_scale", "motion_reach", "x"]
 PROPAGATION_KEYS = ["enabled", "keyframe_every", "flow_width", "flow_finest_scale", "history"]
-PROPAGATION_KEYS += ["residual", "y"]
+PROPAGATION_KEYS += ["fine_flow_interval", "residual", "y"]
 
 
 class Recorder(logging.Handler):

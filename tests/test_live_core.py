@@ -77,10 +77,12 @@ class RecordingPropagator:
 
     def __init__(self, params=None) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.intervals: list[float | None] = []
         self.matte: np.ndarray | None = None
 
-    def step(self, frame_id: int, image: np.ndarray) -> np.ndarray | None:
+    def step(self, frame_id: int, image: np.ndarray, keyframe_interval=None) -> np.ndarray | None:
         self.calls.append(("step", frame_id))
+        self.intervals.append(keyframe_interval)
         return None if self.matte is None else self.matte.copy()
 
     def keyframe(self, frame_id: int, alpha: np.ndarray) -> None:
@@ -232,15 +234,16 @@ class RecordingSmoother:
         return alpha
 
 
-def test_the_smoother_is_told_the_keyframe_interval_of_propagated_mattes():
+def test_the_smoother_and_propagator_are_told_the_keyframe_interval_of_propagated_mattes():
     """Keyframes every 10th frame at 30 fps: once two have come back, the smoother gets 1/3 s
-    (in the frames' own time) with every propagated matte; with propagation off, None."""
-    slot, smoother = StandInSlot(), RecordingSmoother()
+    (in the frames' own time) with every propagated matte, and the propagator with every frame;
+    with propagation off, the smoother gets None."""
+    slot, smoother, propagators = StandInSlot(), RecordingSmoother(), []
     core = LiveCore(
         slot,
         Finisher(smoother, Compositor(CompositeParams(mode="matte"))),
         Settings(PropagationParams()),
-        make_propagator=RecordingPropagator,
+        make_propagator=lambda p: propagators.append(RecordingPropagator(p)) or propagators[-1],
         clock=Clock(),
     )
     for i in range(40):
@@ -250,6 +253,8 @@ def test_the_smoother_is_told_the_keyframe_interval_of_propagated_mattes():
     assert smoother.intervals[:10] == [None] * 10  # one result so far: no interval yet
     assert smoother.intervals[-1] == pytest.approx(10 / 30)
     assert all(v == pytest.approx(10 / 30) for v in smoother.intervals[19:])
+    told = propagators[0].intervals
+    assert told[:20] == [None] * 20 and all(v == pytest.approx(10 / 30) for v in told[20:])
     core.settings.params = PropagationParams(enabled=False)
     for i in range(40, 43):
         core.on_frame(frame(i))

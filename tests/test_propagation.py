@@ -19,6 +19,7 @@ from streamer.propagation import (
     consistency,
     dense_flow,
     exposure_gain,
+    finest_scale,
     small_grey,
     warp,
 )
@@ -96,7 +97,12 @@ def torn(a: np.ndarray, truth: np.ndarray) -> float:
     return float((np.abs(a - truth) > 0.5).mean())
 
 
-def run(scene_frames, keyframes: dict[int, int], params: PropagationParams | None = None):
+def run(
+    scene_frames,
+    keyframes: dict[int, int],
+    params: PropagationParams | None = None,
+    keyframe_interval: float | None = None,
+):
     """Step through `scene_frames` [(image, truth)]; `keyframes` maps a frame to the keyframe
     whose result arrives right after it was stepped (shown from the next frame on). Returns per
     frame (propagated, stale, truth) from the first shown result on; stale = the newest result
@@ -104,7 +110,7 @@ def run(scene_frames, keyframes: dict[int, int], params: PropagationParams | Non
     prop = Propagator(params or PropagationParams())
     out, stale = [], None
     for i, (image, truth) in enumerate(scene_frames):
-        matte = prop.step(i, image)
+        matte = prop.step(i, image, keyframe_interval)
         if stale is not None:
             out.append((matte, stale, truth))
         if i in keyframes:
@@ -179,6 +185,31 @@ def test_moving_subject_is_followed(motion, frames, late):
     # A keyframe on frame 0, arriving `late` frames later; then nothing more.
     _, results = run(pictures, {late: 0})
     assert_better(results, 0.4 if motion is translation else 0.6)
+
+
+def test_the_flow_level_follows_the_keyframe_interval():
+    params = PropagationParams()  # finest level 2, one finer from keyframes 0.5 s apart
+    assert [finest_scale(params, t) for t in (None, 0.2, 0.49, 0.5, 2.0)] == [2, 2, 2, 1, 1]
+    assert finest_scale(PropagationParams(fine_flow_interval=0), 2.0) == 2  # 0 = never
+    assert finest_scale(PropagationParams(flow_finest_scale=0), 2.0) == 0  # none finer than 0
+
+
+@pytest.mark.parametrize("motion", [translation, rotation, deformation], ids=lambda m: m.__name__)
+def test_keyframes_far_apart_are_carried_by_a_finer_flow(motion):
+    """A slow network: the keyframe is 22 frames old when it arrives, the next one 22 frames
+    later. Told that keyframes are 0.75 s apart, the propagator finds the flow one level finer
+    and its mattes are clearly closer to the truth; told 0.25 s, it does exactly what it did."""
+    scene = Scene(seed=1)
+    pictures = [scene.frame(motion(i)) for i in range(40)]
+    arrivals = {2: 0, 24: 2}
+
+    def error(interval: float, **params) -> float:
+        _, results = run(pictures, arrivals, PropagationParams(**params), keyframe_interval=interval)
+        return float(np.mean([mad(m, t) for m, _, t in results]))
+
+    coarse = error(0.75, fine_flow_interval=0)
+    assert error(0.75) < 0.9 * coarse
+    assert error(0.25) == coarse
 
 
 def test_consecutive_late_keyframes_keep_up():

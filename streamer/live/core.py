@@ -109,7 +109,8 @@ class LiveCore:
         self._interval = Interval(longest=1.0, weight=0.1)
         """Between camera frames."""
         self._keyframe_interval = Interval(longest=10.0, weight=0.2)
-        """Between keyframes, in the frames' own time, for the smoother (a CPU's come 0.1-1 s apart)."""
+        """Between keyframes, in the frames' own time, for the propagator (how fine a flow the
+        carry needs) and the smoother (how long to average); a CPU's come 0.1-1 s apart."""
         self._shown: torch.Tensor | None = None
         """The matte of the last frame delivered (smoothed, on the compositor's device)."""
         self.stats = CoreStats()
@@ -132,7 +133,8 @@ class LiveCore:
             keyframe = self._keyframe_due(frame_id, params.keyframe_every)
             if keyframe:
                 self._offer(frame)  # first, so a GPU starts while the flow is computed
-            alpha = propagator.step(frame_id, np.ascontiguousarray(frame.image.numpy()))
+            image = np.ascontiguousarray(frame.image.numpy())
+            alpha = propagator.step(frame_id, image, self._keyframe_interval.value)
             if keyframe and self._network_keeps_up():
                 self._pending = (frame, alpha)  # its own result is back before the next frame
             elif alpha is None:
