@@ -18,7 +18,8 @@ job delivers with both of its temporal smoothers: keyframes fused where the pict
 median of the newest three network results, then averaged with the matte shown on the keyframe's
 frame: `propagation.fuse`, `fuse_median`, defaults; where it moved, averaged only where the two
 agree: `fuse_agree`), then the per-frame smoother, told the interval
-between keyframes as the live core tells it (`smoothing.keyframe_span`). Its rows count resets too
+between keyframes (`smoothing.keyframe_span`) and where a keyframe corrected the carried matte (taken
+at once), as the live core tells it. Its rows count resets too
 (a keyframe gap must not be one).
 
 Propagated rows also split the flicker by frame (each part's share of the overall mean, so the
@@ -116,9 +117,13 @@ def run(
             if matte is None:
                 continue  # before the first result: nothing to smooth
             raw = torch.from_numpy(matte_plain)
-        interval = network.keyframe_interval() if network is not None else None
+        interval = correction = None
+        if propagator is not None:
+            interval = network.keyframe_interval()
+            correction = propagator.correction()
+            correction = None if correction is None else torch.from_numpy(correction)
         start = time.perf_counter()
-        out = smoother(raw if propagator is None else torch.from_numpy(matte), image, t, interval)
+        out = smoother(raw if propagator is None else torch.from_numpy(matte), image, t, interval, correction)
         elapsed += time.perf_counter() - start
         smoothed += 1
         sums["mad_raw"] += float((raw - truth).abs().sum())

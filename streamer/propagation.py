@@ -288,6 +288,8 @@ class _Anchor:
     """The network matte before it, carried to this frame: the median's third vote."""
     prior_trust: np.ndarray | None = None
     """Where `prior` may be used (0 where the picture moved between the two keyframes)."""
+    correction: np.ndarray | None = None
+    """Where this keyframe corrected the matte carried to its frame (see `Propagator.correction`)."""
 
 
 class Propagator:
@@ -326,6 +328,8 @@ class Propagator:
         self._anchor: _Anchor | None = None
         self._flow: np.ndarray | None = None  # newest frame -> anchor, on the newest frame's pixels
         self._cut: int | None = None  # the first frame of the current scene, after a cut
+        self._correction: np.ndarray | None = None  # small, on the newest frame's pixels
+        self._correction_due = False  # the next step shows a new keyframe's correction
 
     @property
     def newest(self) -> int | None:
@@ -342,6 +346,20 @@ class Propagator:
         out = _resize(matte, *self._frame_size)
         return out.copy() if out is matte else out  # never the state itself
 
+    def correction(self) -> np.ndarray | None:
+        """Where the last `step`'s matte shows a keyframe's correction, (H, W) float32 in 0..1,
+        or None (no keyframe came in before that step, or nothing to tell).
+
+        A correction is where the picture moved since the keyframe before, and the new keyframe
+        differs from the matte carried to its frame by more than the network's noise
+        (`fuse_agree`), or that carry was not trusted: the carried matte had drifted or the
+        subject changed shape. A temporal smoother should take it at once, not ease it in as
+        it eases in a still picture's keyframe noise."""
+        if self._correction is None or self._frame_size is None:
+            return None
+        out = _resize(self._correction, *self._frame_size)
+        return out.copy() if out is self._correction else out  # never the state itself
+
     def step(
         self, frame_id: int, image: np.ndarray, keyframe_interval: float | None = None
     ) -> np.ndarray | None:
@@ -355,6 +373,7 @@ class Propagator:
             self.reset()
             self._frame_size = (height, width)
         self._newest = frame_id
+        self._correction = None
         if not params.enabled:
             self._history.clear()
             self._matte = self._anchor = self._flow = None
@@ -399,6 +418,9 @@ class Propagator:
         self._matte = self._blend(
             _remap(anchor.matte, positions), mismatch, seen.grey, anchor.grey, back, self._matte
         )
+        if self._correction_due and anchor.correction is not None:
+            self._correction = _remap(anchor.correction, positions)
+        self._correction_due = False
 
     def _on_cut(self, frame_id: int) -> None:
         # Nothing can be carried across a cut: the matte is held as it is until the new scene's
@@ -438,6 +460,7 @@ class Propagator:
         if in_scene and self._matte is not None and (params.fuse < 1.0 or params.fuse_median):
             small = anchor.matte = self._fuse(anchor, stored, newest)
         self._anchor = anchor
+        self._correction_due = anchor.correction is not None
         if stored is newest:
             self._matte = small  # the network kept up: nothing to carry
             self._flow = np.zeros((*small.shape, 2), np.float32)
@@ -488,7 +511,9 @@ class Propagator:
             new.prior, new.prior_trust = before, 1.0 - take
         previous = _remap(anchor.matte, positions)
         still = previous + np.float32(params.fuse) * (still - previous)
-        return still + take * (_agreeing(new.raw, previous, trust, params) - still)
+        disagree = _disagreement(new.raw, previous, params)
+        new.correction = take * np.maximum(disagree, 1.0 - trust)
+        return still + take * (_agreeing(new.raw, previous, trust, disagree, params) - still)
 
     def _initial_flow(self, older: _Seen, newest: _Seen) -> np.ndarray | None:
         """A guess of the flow newest -> older from both frames' flows to the same old anchor
@@ -533,17 +558,21 @@ class Propagator:
         return carried
 
 
-def _agreeing(
-    new: np.ndarray, carried: np.ndarray, trust: np.ndarray, params: PropagationParams
-) -> np.ndarray:
-    """A keyframe's matte where the picture moved: averaged (`fuse`) with the carried matte where
-    the two differ by no more than the network's noise and the carry is trusted; as it is where
-    they differ more (the carry drifted, the shape changed)."""
+def _disagreement(new: np.ndarray, carried: np.ndarray, params: PropagationParams) -> np.ndarray:
+    """0 where a keyframe differs from the carried matte by no more than the network's noise
+    (`fuse_agree`), rising to 1 over `fuse_agree_range` (the carry drifted, the shape changed)."""
     differ = np.abs(new - carried)
     differ -= np.float32(params.fuse_agree)
     differ *= np.float32(1.0 / params.fuse_agree_range)
-    np.clip(differ, 0.0, 1.0, out=differ)
-    keep = (1.0 - differ) * trust * np.float32(1.0 - params.fuse)
+    return np.clip(differ, 0.0, 1.0, out=differ)
+
+
+def _agreeing(
+    new: np.ndarray, carried: np.ndarray, trust: np.ndarray, disagree: np.ndarray, params: PropagationParams
+) -> np.ndarray:
+    """A keyframe's matte where the picture moved: averaged (`fuse`) with the carried matte where
+    the two agree and the carry is trusted; as it is where they disagree."""
+    keep = (1.0 - disagree) * trust * np.float32(1.0 - params.fuse)
     return new + keep * (carried - new)
 
 

@@ -9,7 +9,10 @@ matte into the previous result with a per-pixel weight:
   propagated mattes (a live job's network on keyframes) it spans a few keyframe intervals;
 * where the image moves, the weight goes to 1 and the new matte is taken as is (no lag);
 * a large matte change over a still image is treated as network noise, unless it persists
-  (it then gets through within a few time constants).
+  (it then gets through within a few time constants);
+* with propagated mattes, where the propagator says a keyframe corrected the carried matte (the
+  picture moved since the keyframe before, and the two disagree), the correction is taken at once:
+  only the network's noise is averaged over keyframes.
 
 It resets (returns the new matte unchanged) on scene cuts (large global image change), on gaps
 (dt above a limit, time going backwards) and on size or device changes. Everything runs on the
@@ -41,10 +44,12 @@ class SmoothingParams(Params):
     only). A still region's matte then changes only when a keyframe arrives, so a time constant
     shorter than the interval averages nothing: each keyframe's noise would come through whole,
     only eased in over a few frames (BENCHMARKS.md, "Temporal smoothing")."""
-    max_keyframe_time_constant: Number(0, 10) = 0.9
-    """Seconds, at strength 1: the most `keyframe_span` raises the time constant to. Longer ones
-    are slow to take a keyframe's correction of a matte carried over motion: with keyframes 0.77 s
-    apart, 1.5 s (at strength 0.5, 0.77 s) got MAD worse than no smoothing in one of three seeds."""
+    max_keyframe_time_constant: Number(0, 10) = 2.5
+    """Seconds, at strength 1: the most `keyframe_span` raises the time constant to. A long one
+    averages more of the network's noise; the keyframes that correct a matte carried over motion
+    are taken at once anyway where the propagator marks them (`correction`). Without that, 0.9 s
+    was the most that kept MAD better than no smoothing with keyframes 0.77 s apart
+    (BENCHMARKS.md, "Temporal smoothing")."""
     motion_threshold: Number(0, 1) = 0.01
     """Mean grey-level change (0..1) below which a region counts as still (sensor noise)."""
     motion_range: Number(1e-6, 1) = 0.02
@@ -125,25 +130,38 @@ def still_weight(dt: float, params: SmoothingParams, keyframe_interval: float | 
 
 
 def blend(
-    previous: torch.Tensor, current: torch.Tensor, cell_weight: torch.Tensor, still: float
+    previous: torch.Tensor,
+    current: torch.Tensor,
+    cell_weight: torch.Tensor,
+    still: float,
+    floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """previous + w * (current - previous), w = max(still, motion weight upsampled to full size)."""
+    """previous + w * (current - previous), w = max(still, motion weight upsampled to full size,
+    `floor`: a full-size per-pixel weight, or None)."""
     if current.device.type == "cpu":
-        return blend_opencv(previous, current, cell_weight, still)
+        return blend_opencv(previous, current, cell_weight, still, floor)
     h, w = current.shape
     weight = F.interpolate(cell_weight[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     weight = weight.clamp_(min=still)
+    if floor is not None:
+        weight = torch.maximum(weight, floor)
     return previous + weight * (current - previous)
 
 
 def blend_opencv(
-    previous: torch.Tensor, current: torch.Tensor, cell_weight: torch.Tensor, still: float
+    previous: torch.Tensor,
+    current: torch.Tensor,
+    cell_weight: torch.Tensor,
+    still: float,
+    floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     # The same sampling as the interpolate above (pixel centres); OpenCV's resize and in-place
     # numpy passes take 1.4 ms at 1280x720 where the torch ops take 2.2 ms.
     h, w = current.shape
     weight = cv2.resize(cell_weight.numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
     np.maximum(weight, still, out=weight)
+    if floor is not None:
+        np.maximum(weight, floor.numpy(), out=weight)
     before = previous.numpy()
     out = np.subtract(current.numpy(), before)
     out *= weight
@@ -172,10 +190,17 @@ class TemporalSmoother:
         self._grid: int | None = None
 
     def __call__(
-        self, alpha: torch.Tensor, image: torch.Tensor, t: float, keyframe_interval: float | None = None
+        self,
+        alpha: torch.Tensor,
+        image: torch.Tensor,
+        t: float,
+        keyframe_interval: float | None = None,
+        correction: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The smoothed matte of the frame at time `t`. `keyframe_interval`: seconds between the
-        network's results when `alpha` is a propagated matte (None: it is a network's own)."""
+        network's results when `alpha` is a propagated matte (None: it is a network's own).
+        `correction`: where `alpha` takes a keyframe's correction, (H, W) in 0..1 on alpha's
+        device (`Propagator.correction`): taken at once there, by that weight."""
         params = self.params
         if not params.enabled or params.strength <= 0.0:
             self.reset()
@@ -188,7 +213,7 @@ class TemporalSmoother:
         else:
             weight = follow_weight(grey, self._grey, params)
             still = still_weight(t - self._time, params, keyframe_interval)
-            out = blend(self._alpha, alpha.to(torch.float32), weight, still)
+            out = blend(self._alpha, alpha.to(torch.float32), weight, still, correction)
         self._alpha, self._grey, self._time, self._grid = out, grey, t, params.motion_scale
         return out
 

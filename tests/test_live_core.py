@@ -88,6 +88,14 @@ class RecordingPropagator:
     def keyframe(self, frame_id: int, alpha: np.ndarray) -> None:
         self.calls.append(("keyframe", frame_id))
         self.matte = alpha
+        self.fresh = True
+
+    def correction(self) -> np.ndarray | None:
+        """All of the first matte after each keyframe (the network's own is a correction)."""
+        if self.matte is None or not getattr(self, "fresh", False):
+            return None
+        self.fresh = False
+        return np.ones(self.matte.shape, np.float32)
 
     def reset(self) -> None:
         self.matte = None
@@ -224,13 +232,16 @@ def test_rates_use_the_injected_clock():
 
 
 class RecordingSmoother:
-    """Passes the matte through and records the keyframe interval each frame was smoothed with."""
+    """Passes the matte through and records the keyframe interval and correction each frame was
+    smoothed with."""
 
     def __init__(self) -> None:
         self.intervals: list[float | None] = []
+        self.corrections: list[torch.Tensor | None] = []
 
-    def __call__(self, alpha, image, t, keyframe_interval=None):
+    def __call__(self, alpha, image, t, keyframe_interval=None, correction=None):
         self.intervals.append(keyframe_interval)
+        self.corrections.append(correction)
         return alpha
 
 
@@ -255,6 +266,11 @@ def test_the_smoother_and_propagator_are_told_the_keyframe_interval_of_propagate
     assert all(v == pytest.approx(10 / 30) for v in smoother.intervals[19:])
     told = propagators[0].intervals
     assert told[:20] == [None] * 20 and all(v == pytest.approx(10 / 30) for v in told[20:])
+    # The first frame after each result (frames 10, 20 and 30; the smoother sees frames from 10 on)
+    # comes with the propagator's correction, on the matte's device and at its size.
+    marked = [i + 10 for i, c in enumerate(smoother.corrections) if c is not None]
+    assert marked == [10, 20, 30]
+    assert all(c.shape == (24, 32) and float(c.min()) == 1.0 for c in smoother.corrections if c is not None)
     core.settings.params = PropagationParams(enabled=False)
     for i in range(40, 43):
         core.on_frame(frame(i))

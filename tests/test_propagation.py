@@ -405,6 +405,41 @@ def test_where_the_subject_moved_keyframes_that_agree_are_averaged_and_a_new_sha
             assert np.allclose(out[:20, :20], 0, atol=1e-3)  # the background: 0 in both
 
 
+def test_a_keyframe_that_corrects_the_carried_matte_is_marked_for_the_next_frame():
+    """`correction()`: on the first frame after a keyframe, where the subject moved since the
+    keyframe before and the new one disagrees with the carried matte (1.0 here), the matte shows a
+    correction; where they agree within the network's noise (0.1), or nothing moved, it does not.
+    The mark is for that one frame, carried with the matte, and None on every other frame."""
+    scene = Scene()
+    shots = [scene.frame(translation(i, speed=4.0)) for i in range(8)]
+    on_subject = (shots[5][1] > 0.99) & (shots[6][1] > 0.99)
+    for later, expected in ((0.0, 1.0), (0.8, 0.0)):  # the first keyframe says 0.9 on the subject
+        prop = Propagator(PropagationParams(fuse_agree_range=0.05))
+        prop.step(0, shots[0][0])
+        prop.keyframe(0, 0.9 * shots[0][1])
+        for i in range(1, 6):
+            prop.step(i, shots[i][0])
+            assert prop.correction() is None
+        prop.keyframe(4, later * shots[4][1])  # late: carried over frame 5
+        prop.step(6, shots[6][0])
+        mark = prop.correction()
+        assert mark.shape == (H, W)
+        assert abs(float(np.median(mark[on_subject])) - expected) < 0.02, later
+        assert np.allclose(mark[:20, :20], 0)  # the background far from the subject: still
+        prop.step(7, shots[7][0])
+        assert prop.correction() is None
+
+    # A still picture: its keyframes differ only by noise, never a correction.
+    still_image, truth = scene.frame(translation(0))
+    prop = Propagator(PropagationParams())
+    prop.step(0, still_image)
+    prop.keyframe(0, truth)
+    prop.step(1, still_image)
+    prop.keyframe(1, np.zeros_like(truth))
+    prop.step(2, still_image)
+    assert np.allclose(prop.correction(), 0)
+
+
 def test_a_still_pictures_one_off_keyframe_error_is_dropped_and_a_lasting_change_shows():
     """`fuse_median`: where nothing moved, each keyframe becomes the median of itself, the one
     before and the matte in use. A blob in one keyframe alone never shows; a change the network

@@ -97,11 +97,11 @@ def test_time_constant_is_in_seconds(fps):
 
 @pytest.mark.parametrize(
     ("interval", "expected"),
-    [(None, 0.15), (1 / 30, 0.15), (0.2, 0.3), (0.77, 0.45), (5.0, 0.45)],
+    [(None, 0.15), (1 / 30, 0.15), (0.2, 0.3), (0.77, 1.155), (5.0, 1.25)],
 )
 def test_propagated_mattes_are_averaged_over_a_few_keyframes(interval, expected):
     """Strength 0.5: 0.15 s for a network's own mattes; with keyframes `interval` apart, three
-    intervals at strength 1 (halved), between 0.3 s and 0.9 s at strength 1."""
+    intervals at strength 1 (halved), between 0.3 s and 2.5 s at strength 1."""
     params = SmoothingParams(strength=0.5)
     assert params.still_time_constant(interval) == pytest.approx(expected)
     smoother = TemporalSmoother(params, "cpu")
@@ -215,16 +215,36 @@ def test_max_filter_is_exactly_the_same_on_both_paths(reach):
     assert float(fast.sum()) > float(weight.sum())
 
 
+@pytest.mark.parametrize("floored", [False, True], ids=["no-floor", "floor"])
 @pytest.mark.parametrize("size", [(H, W), (H + 1, W - 1)])
-def test_cpu_blend_matches_the_bilinear_blend(size):
+def test_cpu_blend_matches_the_bilinear_blend(size, floored):
     gen = torch.Generator().manual_seed(5)
     previous, current = torch.rand(size, generator=gen), torch.rand(size, generator=gen)
     cells = torch.rand(-(-size[0] // 2), -(-size[1] // 2), generator=gen)
+    floor = torch.rand(size, generator=gen) if floored else None
     weight = torch.nn.functional.interpolate(cells[None, None], size=size, mode="bilinear")[0, 0]
-    expected = previous + weight.clamp(min=0.3) * (current - previous)
+    weight = weight.clamp(min=0.3) if floor is None else torch.maximum(weight.clamp(min=0.3), floor)
+    expected = previous + weight * (current - previous)
     kept = previous.clone(), current.clone()
-    assert float((blend(previous, current, cells, 0.3) - expected).abs().max()) < 1e-4
+    assert float((blend(previous, current, cells, 0.3, floor) - expected).abs().max()) < 1e-4
     assert torch.equal(previous, kept[0]) and torch.equal(current, kept[1])  # inputs untouched
+
+
+def test_a_keyframes_correction_is_taken_at_once_and_its_noise_eased_in():
+    """Keyframes 0.77 s apart on a still picture (a time constant of over a second): where the
+    propagator marks a correction, the new matte is taken at once, elsewhere eased in; a
+    correction of 0.5 takes half of it."""
+    _, image = scene(30)
+    smoother = TemporalSmoother(SmoothingParams(), "cpu")
+    smoother(torch.zeros(H, W), image, 0.0, 0.77)
+    correction = torch.zeros(H, W)
+    correction[:, : W // 2] = 1.0
+    correction[:10, :10] = 0.5
+    out = smoother(torch.ones(H, W), image, 1 / 30, 0.77, correction)
+    assert torch.equal(out[10:, : W // 2], torch.ones(H - 10, W // 2))
+    assert float(out[:10, :10].mean()) == pytest.approx(0.5)
+    eased = still_weight(1 / 30, SmoothingParams(), 0.77)
+    assert eased < 0.05 and float(out[:, W // 2 :].max()) == pytest.approx(eased)
 
 
 @pytest.mark.cuda
@@ -233,8 +253,9 @@ def test_smoother_runs_on_the_gpu_like_on_the_cpu():
     on_cpu, on_gpu = TemporalSmoother(SmoothingParams(), "cpu"), TemporalSmoother(SmoothingParams(), "cuda")
     _, image = scene(30)
     for i in range(5):
-        alpha = torch.rand(H, W, generator=gen)
-        a, b = on_cpu(alpha, image, i / 30), on_gpu(alpha.cuda(), image, i / 30)
+        alpha, correction = torch.rand(H, W, generator=gen), torch.rand(H, W, generator=gen)
+        a = on_cpu(alpha, image, i / 30, 0.5, correction)
+        b = on_gpu(alpha.cuda(), image, i / 30, 0.5, correction.cuda())
     assert b.device.type == "cuda"
     assert float((a - b.cpu()).abs().max()) < 0.02
 

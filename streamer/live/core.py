@@ -105,7 +105,7 @@ class LiveCore:
         self._first_id = 0
         """The first frame id the current propagator stepped: older results are not its own."""
         self._next_id = 0
-        self._pending: tuple[Frame, np.ndarray | None] | None = None
+        self._pending: tuple[Frame, np.ndarray | None, np.ndarray | None] | None = None
         self._interval = Interval(longest=1.0, weight=0.1)
         """Between camera frames."""
         self._keyframe_interval = Interval(longest=10.0, weight=0.2)
@@ -135,12 +135,13 @@ class LiveCore:
                 self._offer(frame)  # first, so a GPU starts while the flow is computed
             image = np.ascontiguousarray(frame.image.numpy())
             alpha = propagator.step(frame_id, image, self._keyframe_interval.value)
+            correction = propagator.correction()
             if keyframe and self._network_keeps_up():
-                self._pending = (frame, alpha)  # its own result is back before the next frame
+                self._pending = (frame, alpha, correction)  # its own result is back before the next frame
             elif alpha is None:
                 out.append(self._without_matte(frame))
             else:
-                out.append(self._finish(frame, alpha, propagated=True))
+                out.append(self._finish(frame, alpha, propagated=True, correction=correction))
         seconds = self._clock() - started
         self.stats.frame_s.add(seconds)
         for done in out:
@@ -202,10 +203,10 @@ class LiveCore:
         pending, self._pending = self._pending, None
         if pending is None:
             return []
-        frame, alpha = pending
+        frame, alpha, correction = pending
         if alpha is None:
             return [self._without_matte(frame)]
-        return [self._finish(frame, alpha, propagated=True)]
+        return [self._finish(frame, alpha, propagated=True, correction=correction)]
 
     def _without_matte(self, frame: Frame) -> Frame:
         """A frame that came before its stream had a matte still goes out at once (the camera's
@@ -223,14 +224,19 @@ class LiveCore:
         frame.output = compositor(frame.image, frame.alpha, frame.time)
         return self._deliver(frame, propagated=False)
 
-    def _finish(self, frame: Frame, alpha, *, propagated: bool) -> Frame:
+    def _finish(
+        self, frame: Frame, alpha, *, propagated: bool, correction: np.ndarray | None = None
+    ) -> Frame:
         if isinstance(alpha, np.ndarray):
             alpha = torch.from_numpy(alpha)
         # Network and propagated mattes on one device (a GPU's, when there is one): the smoother
         # starts over whenever the device changes.
-        alpha = alpha.to(self.finisher.compositor.device, non_blocking=True)
+        device = self.finisher.compositor.device
+        alpha = alpha.to(device, non_blocking=True)
+        if correction is not None:
+            correction = torch.from_numpy(correction).to(device, non_blocking=True)
         keyframe_interval = self._keyframe_interval.value if self._propagator is not None else None
-        self.finisher(frame, alpha, keyframe_interval)
+        self.finisher(frame, alpha, keyframe_interval, correction)
         self._shown = frame.alpha
         return self._deliver(frame, propagated=propagated)
 

@@ -43,11 +43,18 @@ class Finisher:
         self.smoother = smoother
         self.compositor = compositor
 
-    def __call__(self, frame: Frame, alpha: torch.Tensor, keyframe_interval: float | None = None) -> Frame:
+    def __call__(
+        self,
+        frame: Frame,
+        alpha: torch.Tensor,
+        keyframe_interval: float | None = None,
+        correction: torch.Tensor | None = None,
+    ) -> Frame:
         """`keyframe_interval`: seconds between network results when `alpha` was carried from
-        one by propagation (the smoother then averages over a few of them)."""
+        one by propagation (the smoother then averages over a few of them); `correction`: where
+        `alpha` takes a keyframe's correction of the carried matte (taken at once there)."""
         if self.smoother is not None:
-            alpha = self.smoother(alpha, frame.image, frame.time, keyframe_interval)
+            alpha = self.smoother(alpha, frame.image, frame.time, keyframe_interval, correction)
         frame.alpha = alpha
         frame.output = self.compositor(frame.image, alpha, frame.time)
         return frame
