@@ -101,6 +101,7 @@ def run(
         truth = scene.truth(clock)
         image = scene.image(truth, clock)
         arrived = False  # a keyframe result arrives on this frame
+        interval = correction = None  # what the live core tells the smoother with propagated mattes
         if propagator is None:
             raw = scene.network(clock)
         else:
@@ -117,9 +118,6 @@ def run(
             if matte is None:
                 continue  # before the first result: nothing to smooth
             raw = torch.from_numpy(matte_plain)
-        interval = correction = None
-        if propagator is not None:
-            interval = network.keyframe_interval()
             correction = propagator.correction()
             correction = None if correction is None else torch.from_numpy(correction)
         start = time.perf_counter()

@@ -60,7 +60,7 @@ class PropagationParams(Params):
     pyramid level finer than `flow_finest_scale` (0 = never). DIS smooths the flow across a moving
     edge, so the background beside the subject is dragged along with it, by a share of the motion
     carried since the keyframe: the longer the carry, the larger the error. With a slow network
-    (torch on a 2-core CPU, keyframes ~0.77 s apart) the finer level pays for its ~3.6x DIS time
+    (torch on a 2-core CPU, keyframes ~0.77 s apart) the finer level pays for its 3-4x DIS time
     (about +2 ms a frame at 320x240 on one core); with keyframes 0.2-0.3 s apart (OpenVINO) the
     carry is short and the coarse flow does as well (BENCHMARKS.md, "Temporal smoothing")."""
     history: Whole(1, 100_000) = 120
