@@ -79,6 +79,7 @@ class RecordingPropagator:
         self.calls: list[tuple[str, int]] = []
         self.intervals: list[float | None] = []
         self.matte: np.ndarray | None = None
+        self.fresh = False  # a keyframe came in since the last `correction()`
 
     def step(self, frame_id: int, image: np.ndarray, keyframe_interval=None) -> np.ndarray | None:
         self.calls.append(("step", frame_id))
@@ -92,7 +93,7 @@ class RecordingPropagator:
 
     def correction(self) -> np.ndarray | None:
         """All of the first matte after each keyframe (the network's own is a correction)."""
-        if self.matte is None or not getattr(self, "fresh", False):
+        if self.matte is None or not self.fresh:
             return None
         self.fresh = False
         return np.ones(self.matte.shape, np.float32)
@@ -110,13 +111,20 @@ def finisher() -> Finisher:
     return Finisher(None, Compositor(CompositeParams(mode="matte")))
 
 
-def make_core(slot, propagators: list | None = None, clock=None, **params) -> LiveCore:
+def recording_into(propagators: list | None):
+    """A `make_propagator` whose RecordingPropagators are appended to `propagators` (if given)."""
+
     def make(p):
         propagator = RecordingPropagator(p)
         if propagators is not None:
             propagators.append(propagator)
         return propagator
 
+    return make
+
+
+def make_core(slot, propagators: list | None = None, clock=None, **params) -> LiveCore:
+    make = recording_into(propagators)
     return LiveCore(
         slot, finisher(), Settings(PropagationParams(**params)), make_propagator=make, clock=clock or Clock()
     )
@@ -254,7 +262,7 @@ def test_the_smoother_and_propagator_are_told_the_keyframe_interval_of_propagate
         slot,
         Finisher(smoother, Compositor(CompositeParams(mode="matte"))),
         Settings(PropagationParams()),
-        make_propagator=lambda p: propagators.append(RecordingPropagator(p)) or propagators[-1],
+        make_propagator=recording_into(propagators),
         clock=Clock(),
     )
     for i in range(40):
